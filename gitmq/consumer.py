@@ -1,0 +1,226 @@
+"""Consumers: deliver a queue's messages in order and record progress in a tag.
+
+The offset of consumer ``NAME`` is the lightweight tag ``refs/tags/NAME`` on the
+last message it finished (the Ruby gem's layout). The handler runs, then the
+tag moves with a compare-and-swap: a crash in between redelivers, never skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from gitmq import names, seek
+from gitmq.errors import ConsumerConflictError, GitMQError
+from gitmq.message import Identity, Message
+from gitmq.producer import Producer
+from gitmq.retry import RetryPolicy
+from gitmq.storage import Storage
+
+log = logging.getLogger("gitmq.consumer")
+
+Handler = Callable[[Message], object]
+POLL_INTERVAL = 0.02
+
+
+def dead_letter_queue(branch: str) -> str:
+    """The default dead-letter queue of ``branch``."""
+    return f"{branch}.dlq"
+
+
+class Consumer:
+    """One named consumer of one queue.
+
+    ``source_ref`` is what it reads: the queue's branch by default, or the
+    remote-tracking ref of a synced queue, so that only messages confirmed by
+    the remote are delivered (docs/semantics.md).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        name: str,
+        branch: str,
+        *,
+        source_ref: str | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: str | None = None,
+        identity: Identity | None = None,
+        poll_interval: float = POLL_INTERVAL,
+    ) -> None:
+        self.storage = storage
+        self.name = names.check_consumer(name)
+        self.branch = names.check_queue(branch)
+        self.tag_ref = names.consumer_ref(name)
+        self.source_ref = source_ref or names.queue_ref(branch)
+        self.retry = retry or RetryPolicy()
+        self.dead_letter = names.check_queue(dead_letter or dead_letter_queue(branch))
+        self._dlq = Producer(storage, self.dead_letter, author=identity, max_payload=1 << 62)
+        self.poll_interval = poll_interval
+        self.delivered = 0
+        self.dead_lettered = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ pull style
+
+    @property
+    def position(self) -> str | None:
+        """The last finished message's commit id, or None before the first."""
+        return self.storage.read_ref(self.tag_ref)
+
+    def poll(self) -> Iterator[Message]:
+        """The pending messages, oldest first, read lazily; the tag does not move."""
+        tip = self.storage.read_ref(self.source_ref)
+        if tip is None:
+            return iter(())
+        position = self.position
+        if position == tip:
+            return iter(())
+        shas = self.storage.commits_between(position, tip)
+        return self._checked(position, shas)
+
+    def _checked(self, position: str | None, shas: list[str]) -> Iterator[Message]:
+        for index, sha in enumerate(shas):
+            message = self.storage.read(sha)
+            if index == 0 and position is not None and message.parent != position:
+                raise ConsumerConflictError(
+                    f"consumer {self.name!r} is at {position[:12]}, which is not on queue "
+                    f"{self.branch!r}; reset it with 'gitmq seek' (see docs/operations.md)"
+                )
+            yield message
+
+    def ack(self, message: Message) -> None:
+        """Record ``message`` (and everything before it) as finished."""
+        while True:
+            current = self.position
+            if current == message.sha:
+                return
+            if not self._follows(current, message):
+                raise ConsumerConflictError(
+                    f"cannot move consumer {self.name!r} to {message.sha[:12]}: its tag "
+                    f"({(current or 'none')[:12]}) is not before that message (another "
+                    f"process moved it); nothing was changed"
+                )
+            if self.storage.compare_and_swap(self.tag_ref, message.sha, current):
+                return
+
+    def _follows(self, current: str | None, message: Message) -> bool:
+        if current is None or message.parent == current:
+            return True
+        return self.storage.is_ancestor(current, message.sha)
+
+    def seek(self, target: str) -> str | None:
+        """Move the offset: ``beginning``, ``end``, a message id or commit id,
+        or an ISO time; the next delivered message is the one named (or the first
+        at or after that time). Returns the new tag value."""
+        return seek.seek(self.storage, self.tag_ref, self.source_ref, target)
+
+    def seek_time(self, when: datetime) -> str | None:
+        return seek.seek_time(self.storage, self.tag_ref, self.source_ref, when)
+
+    # ------------------------------------------------------------ push style
+
+    def consume(self, handler: Handler) -> Consumer:
+        """Deliver every pending and future message to ``handler`` on a thread."""
+        if self._thread and self._thread.is_alive():
+            raise GitMQError(f"consumer {self.name!r} is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(handler,), name=f"gitmq-consumer-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop after the current handler call returns; wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, handler: Handler) -> None:
+        seen: tuple[str | None, str | None] | None = None
+        while not self._stop.is_set():
+            try:
+                if self._state() != seen:
+                    self.deliver_pending(handler)
+                    seen = self._state()
+                self.last_error = None
+            except Exception as exc:  # never die silently: log, back off, go on
+                self.last_error = str(exc)
+                seen = None
+                log.error("consumer %s: %s", self.name, exc)
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.poll_interval)
+
+    def _state(self) -> tuple[str | None, str | None]:
+        """What delivery depends on: the queue's tip and our tag."""
+        return (self.storage.read_ref(self.source_ref), self.position)
+
+    def deliver_pending(self, handler: Handler) -> int:
+        """Deliver what is pending now (the body of the delivery loop); returns a count."""
+        done = 0
+        for message in self.poll():
+            if self._stop.is_set() or not self._handle(handler, message):
+                break
+            done += 1
+        return done
+
+    def _handle(self, handler: Handler, message: Message) -> bool:
+        """Run the handler with retries; False when stopped before it succeeded."""
+        error = ""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            if attempt > 1 and self._stop.wait(self.retry.delay_before(attempt)):
+                return False
+            try:
+                handler(message)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "consumer %s: handler failed on %s (attempt %d/%d): %s",
+                    self.name,
+                    message.id,
+                    attempt,
+                    self.retry.max_attempts,
+                    error,
+                )
+                log.debug("%s", traceback.format_exc())
+                continue
+            self.ack(message)
+            self.delivered += 1
+            return True
+        self._dead_letter(message, error, self.retry.max_attempts)
+        self.ack(message)
+        return True
+
+    def _dead_letter(self, message: Message, error: str, attempts: int) -> None:
+        headers = dict(message.headers)
+        headers.update(
+            {
+                "dead-letter-original-id": message.id,
+                "dead-letter-queue": self.branch,
+                "dead-letter-consumer": self.name,
+                "dead-letter-attempts": str(attempts),
+                "dead-letter-error": " ".join(error.split())[:1000] or "unknown error",
+            }
+        )
+        self._dlq.publish(message.payload, headers)
+        self.dead_lettered += 1
+        log.error(
+            "consumer %s: message %s moved to dead-letter queue %s after %d attempts: %s",
+            self.name,
+            message.id,
+            self.dead_letter,
+            attempts,
+            error,
+        )

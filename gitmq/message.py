@@ -1,0 +1,224 @@
+"""Storage format v1: a message is an empty-tree commit (docs/format.md).
+
+This module turns a message into the bytes of its commit object and back. It
+knows nothing of repositories; the storage layer stores and finds the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from gitmq.errors import UsageError
+
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+ID_HEADER = "gitmq-id"
+ENCODING_HEADER = "gitmq-encoding"
+USER_HEADER = "gitmq-header"
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_IDENT_BAD = re.compile(r"[<>\n\x00]")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A name and e-mail address as git records them."""
+
+    name: str
+    email: str
+
+    def __post_init__(self) -> None:
+        for what, value in (("name", self.name), ("email", self.email)):
+            if _IDENT_BAD.search(value) or value != value.strip() or not value:
+                raise UsageError(
+                    f"invalid identity {what} {value!r}: it must be non-empty, without "
+                    f"'<', '>', newlines or surrounding spaces"
+                )
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a queue, as a consumer or ``log`` sees it."""
+
+    id: str
+    sha: str
+    payload: bytes
+    author: Identity
+    time: datetime
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    parent: str | None = None
+    committer: Identity | None = None
+
+    @property
+    def text(self) -> str:
+        """The payload decoded as UTF-8 (raises UsageError if it is not text)."""
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"message {self.id} is not UTF-8 text; use .payload") from exc
+
+    def json(self) -> Any:
+        """The payload parsed as JSON."""
+        try:
+            return json.loads(self.payload)
+        except ValueError as exc:
+            raise UsageError(f"message {self.id} is not valid JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Everything about a message that does not depend on where it is placed."""
+
+    id: str
+    payload: bytes
+    author: Identity
+    time: datetime
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Check user headers and return them as a plain dict."""
+    clean: dict[str, str] = {}
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise UsageError(f"invalid header name {name!r}: use letters, digits, '.', '_' and '-'")
+        if "\n" in value or "\r" in value or "\x00" in value:
+            raise UsageError(f"invalid value for header {name!r}: it must be one line")
+        clean[name] = value
+    return clean
+
+
+def encode(draft: Draft, parent: str | None, committer: Identity, now: datetime) -> bytes:
+    """The commit object body for ``draft`` placed on ``parent``."""
+    payload = draft.payload
+    lines = [f"tree {EMPTY_TREE}"]
+    if parent:
+        lines.append(f"parent {parent}")
+    lines.append(f"author {draft.author} {_git_time(draft.time)}")
+    lines.append(f"committer {committer} {_git_time(now)}")
+    lines.append(f"{ID_HEADER} {draft.id}")
+    if not _is_plain(payload):
+        lines.append(f"{ENCODING_HEADER} base64")
+        payload = base64.b64encode(payload)
+    for name, value in draft.headers.items():
+        lines.append(f"{USER_HEADER} {name} {value}")
+    return ("\n".join(lines) + "\n\n").encode("utf-8") + payload
+
+
+def reparent(body: bytes, parent: str | None, committer: Identity, now: datetime) -> bytes:
+    """The same message on a new parent: only ``parent`` and ``committer`` change."""
+    head, sep, message = body.partition(b"\n\n")
+    out: list[bytes] = []
+    for line in head.split(b"\n"):
+        if line.startswith(b"parent "):
+            continue
+        if line.startswith(b"committer "):
+            line = f"committer {committer} {_git_time(now)}".encode()
+        out.append(line)
+        if line.startswith(b"tree ") and parent:
+            out.append(f"parent {parent}".encode("ascii"))
+    return b"\n".join(out) + sep + message
+
+
+def decode(sha: str, body: bytes) -> Message:
+    """Parse a commit object body into a :class:`Message`."""
+    head, _, message = body.partition(b"\n\n")
+    fields: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    parents: list[str] = []
+    last = ""
+    for raw in head.split(b"\n"):
+        line = raw.decode("utf-8", "replace")
+        if line.startswith(" "):  # continuation of a multi-line header (gpgsig)
+            if last in fields:
+                fields[last] += "\n" + line[1:]
+            continue
+        key, _, value = line.partition(" ")
+        last = key
+        if key == "parent":
+            parents.append(value)
+        elif key == USER_HEADER:
+            name, _, hval = value.partition(" ")
+            headers[name] = hval
+        else:
+            fields.setdefault(key, value)
+    author, when = _parse_ident(fields.get("author", "unknown <unknown> 0 +0000"))
+    committer = _parse_ident(fields["committer"])[0] if "committer" in fields else None
+    payload = message
+    if fields.get(ENCODING_HEADER) == "base64":
+        payload = base64.b64decode(message)
+    msg_id = fields.get(ID_HEADER) or derived_id(body)
+    return Message(
+        id=msg_id,
+        sha=sha,
+        payload=payload,
+        author=author,
+        time=when,
+        headers=headers,
+        parent=parents[0] if parents else None,
+        committer=committer,
+    )
+
+
+def message_id(body: bytes) -> str | None:
+    """The ``gitmq-id`` of a commit body, or None when it has none."""
+    head = body.partition(b"\n\n")[0]
+    marker = b"\n" + ID_HEADER.encode() + b" "
+    start = head.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = head.find(b"\n", start)
+    return head[start : end if end >= 0 else len(head)].decode("ascii", "replace")
+
+
+def derived_id(body: bytes) -> str:
+    """A stable id for a message written without one (by the Ruby gem or git).
+
+    It hashes the author line and the payload, which re-parenting keeps.
+    """
+    head, _, message = body.partition(b"\n\n")
+    author = next((ln for ln in head.split(b"\n") if ln.startswith(b"author ")), b"")
+    return "sha1-" + hashlib.sha1(author + b"\n" + message, usedforsecurity=False).hexdigest()
+
+
+def _is_plain(payload: bytes) -> bool:
+    if b"\x00" in payload:
+        return False
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _git_time(when: datetime) -> str:
+    offset = when.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return f"{int(when.timestamp())} {sign}{minutes // 60:02d}{minutes % 60:02d}"
+
+
+def _parse_ident(value: str) -> tuple[Identity, datetime]:
+    name, _, rest = value.partition(" <")
+    email, _, stamp = rest.partition("> ")
+    seconds, _, tz = stamp.partition(" ")
+    try:
+        sign = -1 if tz.startswith("-") else 1
+        offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5])) * sign
+        when = datetime.fromtimestamp(int(seconds), timezone(offset))
+    except (ValueError, IndexError):
+        when = datetime.fromtimestamp(0, UTC)
+    ident = Identity.__new__(Identity)  # as recorded, even if we would not write it
+    object.__setattr__(ident, "name", name.strip() or "unknown")
+    object.__setattr__(ident, "email", email.strip() or "unknown")
+    return ident, when

@@ -1,0 +1,63 @@
+"""Queue and consumer names: they become refs, so they obey git's ref rules.
+
+The rules are those of ``git check-ref-format --branch`` (tests compare the two
+on a corpus of names), plus GitMQ's own: no ``HEAD``, no leading ``-`` (it would
+read as an option on a command line).
+"""
+
+from __future__ import annotations
+
+import re
+
+from gitmq.errors import InvalidNameError
+
+_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def _problem(name: str) -> str | None:
+    if not name:
+        return "it is empty"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if name in ("HEAD", "@") or name.startswith("refs/"):
+        return "it is reserved by git"
+    if _FORBIDDEN.search(name):
+        return "it contains a space, a control character or one of ~ ^ : ? * [ \\"
+    if ".." in name or "@{" in name:
+        return "it contains '..' or '@{'"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "it starts or ends with '/' or contains '//'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    for part in name.split("/"):
+        if part.startswith("."):
+            return f"component {part!r} starts with '.'"
+        if part.endswith(".lock"):
+            return f"component {part!r} ends with '.lock'"
+    if len(name.encode()) > 200:
+        return "it is longer than 200 bytes"
+    return None
+
+
+def check_queue(name: str) -> str:
+    """Return ``name`` if it can be a queue (branch) name, else raise."""
+    problem = _problem(name)
+    if problem:
+        raise InvalidNameError(f"invalid queue name {name!r}: {problem}")
+    return name
+
+
+def check_consumer(name: str) -> str:
+    """Return ``name`` if it can be a consumer (tag) name, else raise."""
+    problem = _problem(name)
+    if problem:
+        raise InvalidNameError(f"invalid consumer name {name!r}: {problem}")
+    return name
+
+
+def queue_ref(name: str) -> str:
+    return f"refs/heads/{check_queue(name)}"
+
+
+def consumer_ref(name: str) -> str:
+    return f"refs/tags/{check_consumer(name)}"

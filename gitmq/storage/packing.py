@@ -1,0 +1,69 @@
+"""Keeping the object store packed, off the publish path.
+
+Every loose object takes a whole filesystem block (4 KiB) while a packed
+message takes about 200 bytes, and git's own automatic gc stalls whoever
+triggers it for seconds. So GitMQ turns automatic gc off and, after a
+process has written enough objects, starts one background
+``git repack -d --geometric=2``: it folds loose objects and small packs into
+a geometric progression of packs, so the number of packs stays logarithmic
+and no repack rewrites the whole history. A lock file keeps it to one at a
+time per repository, across processes.
+
+Run as ``python -m gitmq.storage.packing GIT_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gitmq.storage import gitcli
+
+LOCK_NAME = "gitmq-repack.lock"
+STALE_SECONDS = 3600.0
+
+
+def start_background(git_dir: Path) -> subprocess.Popen[bytes] | None:
+    """Start a detached repack unless one is already running."""
+    lock = git_dir / LOCK_NAME
+    if lock.exists() and time.time() - lock.stat().st_mtime < STALE_SECONDS:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-m", "gitmq.storage.packing", str(git_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def repack(git_dir: Path) -> bool:
+    """Repack under the lock; False when another repack holds it."""
+    lock = git_dir / LOCK_NAME
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - lock.stat().st_mtime > STALE_SECONDS:
+            lock.unlink()
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        gitcli.run(
+            git_dir,
+            ["repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index"],
+            timeout=3600,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    return True
+
+
+if __name__ == "__main__":
+    repack(Path(sys.argv[1]))

@@ -1,0 +1,199 @@
+"""Reading and compare-and-swap updating of refs, in-process.
+
+GitMQ updates refs the way git itself does, so that git commands and GitMQ
+processes can share one repository: take ``<ref>.lock`` with O_EXCL, read the
+current value (loose file, else ``packed-refs``), write the new value into the
+lock file and rename it over the ref. Holding the lock *is* the
+compare-and-swap: nobody else can move the ref in between. Doing this without
+a git process costs about 0.3 ms instead of 3 ms (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from gitmq.errors import RefConflictError, StorageError
+
+#: A lock file older than this is left over from a killed process: the window
+#: in which GitMQ or git holds a ref lock is well under a millisecond.
+STALE_LOCK_SECONDS = 30.0
+LOCK_TIMEOUT_SECONDS = 10.0
+
+ZERO_SHA = "0" * 40
+
+
+class PackedRefs:
+    """A cached view of ``packed-refs``, re-read when the file changes."""
+
+    def __init__(self, git_dir: Path) -> None:
+        self._path = git_dir / "packed-refs"
+        self._stamp: tuple[int, int, int] | None = None
+        self._refs: dict[str, str] = {}
+
+    def get(self, ref: str) -> str | None:
+        self._refresh()
+        return self._refs.get(ref)
+
+    def items(self) -> dict[str, str]:
+        self._refresh()
+        return dict(self._refs)
+
+    def _refresh(self) -> None:
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            self._stamp, self._refs = None, {}
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return
+        refs: dict[str, str] = {}
+        for line in self._path.read_text("ascii", "replace").splitlines():
+            if not line or line[0] in "#^":
+                continue
+            sha, _, name = line.partition(" ")
+            refs[name] = sha
+        self._stamp, self._refs = stamp, refs
+
+
+class RefStore:
+    """The refs of one repository."""
+
+    def __init__(self, git_dir: Path, *, fsync: bool = False) -> None:
+        self.git_dir = git_dir
+        self.fsync = fsync
+        self.packed = PackedRefs(git_dir)
+
+    def read(self, ref: str) -> str | None:
+        """The commit a ref points to, or None when it does not exist."""
+        try:
+            raw = (self.git_dir / ref).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return self.packed.get(ref)
+        except IsADirectoryError:
+            return None
+        value = raw.decode("ascii", "replace").strip()
+        if not _is_sha(value):
+            raise StorageError(
+                f"ref {ref} in {self.git_dir} is corrupted (holds {value[:60]!r}); "
+                f"restore it from the remote or point it at a commit with 'git update-ref'"
+            )
+        return value
+
+    def list(self, prefix: str) -> dict[str, str]:
+        """Every ref under ``prefix`` (e.g. ``refs/tags/``) with its value."""
+        found = {k: v for k, v in self.packed.items().items() if k.startswith(prefix)}
+        base = self.git_dir / prefix
+        if base.is_dir():
+            for path in base.rglob("*"):
+                if path.is_file() and not path.name.endswith(".lock"):
+                    name = path.relative_to(self.git_dir).as_posix()
+                    value = self.read(name)
+                    if value:
+                        found[name] = value
+        return found
+
+    @contextlib.contextmanager
+    def locked(self, ref: str) -> Iterator[RefLock]:
+        """Hold ``ref``'s lock; whatever ``lock.new`` is set to on exit is committed."""
+        lock = RefLock(self, ref)
+        lock.acquire()
+        try:
+            yield lock
+        except BaseException:
+            lock.release()
+            raise
+        lock.commit()
+
+    def compare_and_swap(self, ref: str, new: str, old: str | None) -> bool:
+        """Point ``ref`` at ``new`` if it still points at ``old``; False if it moved."""
+        with self.locked(ref) as lock:
+            if lock.current != old:
+                return False
+            lock.new = new
+        return True
+
+
+class RefLock:
+    """A held ``<ref>.lock``; ``current`` is the value read under the lock."""
+
+    def __init__(self, store: RefStore, ref: str) -> None:
+        self.store = store
+        self.ref = ref
+        self.path = store.git_dir / ref
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.current: str | None = None
+        self.new: str | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise StorageError(
+                f"cannot create ref {self.ref}: a ref with a prefix of that name exists"
+            ) from exc
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        delay = 0.0001
+        while True:
+            try:
+                self._fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                if self._remove_if_stale():
+                    continue
+                if time.monotonic() > deadline:
+                    raise RefConflictError(
+                        f"ref {self.ref} stayed locked for {LOCK_TIMEOUT_SECONDS:g}s "
+                        f"({self.lock_path}); if no gitmq or git process is running, "
+                        f"delete that file"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+        try:
+            self.current = self.store.read(self.ref)
+        except BaseException:
+            self.release()
+            raise
+
+    def _remove_if_stale(self) -> bool:
+        try:
+            age = time.time() - self.lock_path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if age < STALE_LOCK_SECONDS:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()
+        return True
+
+    def commit(self) -> None:
+        assert self._fd is not None
+        if self.new is None or self.new == self.current:
+            self.release()
+            return
+        try:
+            os.write(self._fd, (self.new + "\n").encode("ascii"))
+            if self.store.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self.lock_path, self.path)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()
+
+
+def _is_sha(value: str) -> bool:
+    return len(value) == 40 and all(c in "0123456789abcdef" for c in value)

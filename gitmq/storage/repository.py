@@ -1,0 +1,246 @@
+"""The Storage: one Git repository holding queues, messages and offsets.
+
+This is GitMQ's only boundary to Git. Everything above it speaks of queues,
+messages and consumer offsets; here they become refs and commit objects.
+Writes happen in-process (``refs.py``, ``objects.py``); reads of many commits
+go through one long-lived ``git cat-file --batch`` held by GitPython; walks of
+history use ``git rev-list``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import git
+
+from gitmq import message as fmt
+from gitmq.errors import GitCommandError, NotFoundError, StorageError
+from gitmq.message import Draft, Identity, Message
+from gitmq.storage import gitcli, objects, packing
+from gitmq.storage.refs import RefStore
+
+#: Batches at least this large go into a pack of their own instead of loose files.
+PACK_BATCH_MIN = 64
+#: Objects written by one process before it starts a background repack.
+REPACK_AFTER_OBJECTS = 1000
+REPACK_AFTER_PACKS = 8
+
+
+class Storage:
+    """A GitMQ storage: a (bare by default) Git repository, created if missing."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, fsync: bool = False) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self.fsync = fsync
+        self.git_dir = _open_or_create(self.path, create)
+        self.objects_dir = self.git_dir / "objects"
+        self.refs = RefStore(self.git_dir, fsync=fsync)
+        self._repo = git.Repo(self.git_dir)
+        self._read_lock = threading.Lock()
+        self._written_objects = 0
+        self._written_packs = 0
+        self._repack: subprocess.Popen[bytes] | None = None
+        objects.write_loose(self.objects_dir, objects.OBJ_TREE, b"")  # the empty tree
+
+    def __repr__(self) -> str:
+        return f"Storage({str(self.path)!r})"
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helper git processes this object holds."""
+        with self._read_lock:
+            self._repo.close()
+        if self._repack is not None and self._repack.poll() is None:
+            # Detached on purpose: a repack outlives us and cleans its own lock.
+            self._repack = None
+
+    # ----------------------------------------------------------------- writing
+
+    def append(
+        self,
+        ref: str,
+        drafts: Sequence[Draft],
+        committer: Identity,
+        now: Callable[[], datetime],
+    ) -> list[Message]:
+        """Append ``drafts`` to the branch ``ref`` as one compare-and-swap.
+
+        The ref lock is held while the commits are built, so their parent is
+        the value the branch has when it moves: concurrent producers, in any
+        process, serialise here and never lose or fork a message.
+        """
+        with self.refs.locked(ref) as lock:
+            stamp = now()
+            parent = lock.current
+            bodies: list[bytes] = []
+            out: list[Message] = []
+            for draft in drafts:
+                body = fmt.encode(draft, parent, committer, stamp)
+                sha = objects.object_id(objects.OBJ_COMMIT, body)
+                bodies.append(body)
+                out.append(_placed(draft, sha, parent, committer))
+                parent = sha
+            self._write_commits(bodies)
+            lock.new = parent
+        return out
+
+    def write_commits(self, bodies: Sequence[bytes]) -> list[str]:
+        """Store raw commit bodies (sync's re-parented messages); return their ids."""
+        self._write_commits(bodies)
+        return [objects.object_id(objects.OBJ_COMMIT, b) for b in bodies]
+
+    def _write_commits(self, bodies: Sequence[bytes]) -> None:
+        if len(bodies) >= PACK_BATCH_MIN:
+            start = 0
+            while start < len(bodies):
+                size, end = 0, start
+                while end < len(bodies) and (size < objects.MAX_PACK_BYTES or end == start):
+                    size += len(bodies[end])
+                    end += 1
+                objects.write_pack(
+                    self.objects_dir, objects.OBJ_COMMIT, bodies[start:end], fsync=self.fsync
+                )
+                self._written_packs += 1
+                start = end
+        else:
+            for body in bodies:
+                objects.write_loose(self.objects_dir, objects.OBJ_COMMIT, body, fsync=self.fsync)
+            self._written_objects += len(bodies)
+        self._maybe_repack()
+
+    def _maybe_repack(self) -> None:
+        if (
+            self._written_objects < REPACK_AFTER_OBJECTS
+            and self._written_packs < REPACK_AFTER_PACKS
+        ):
+            return
+        if self._repack is not None and self._repack.poll() is None:
+            return
+        self._repack = packing.start_background(self.git_dir)
+        if self._repack is not None:
+            self._written_objects = self._written_packs = 0
+
+    def repack_now(self) -> None:
+        """Pack loose objects and merge small packs, in the foreground."""
+        if self._repack is not None:
+            self._repack.wait()
+            self._repack = None
+        packing.repack(self.git_dir)
+
+    # ------------------------------------------------------------------- refs
+
+    def read_ref(self, ref: str) -> str | None:
+        return self.refs.read(ref)
+
+    def compare_and_swap(self, ref: str, new: str, old: str | None) -> bool:
+        """Move ``ref`` from ``old`` (None: absent) to ``new``; False if it moved."""
+        return self.refs.compare_and_swap(ref, new, old)
+
+    def delete_ref(self, ref: str, old: str) -> bool:
+        """Delete ``ref`` if it still points at ``old`` (loose and packed)."""
+        proc = gitcli.run(self.git_dir, ["update-ref", "-d", ref, old], check=False)
+        return proc.returncode == 0
+
+    def list_refs(self, prefix: str) -> dict[str, str]:
+        return self.refs.list(prefix)
+
+    # ---------------------------------------------------------------- reading
+
+    def read_body(self, sha: str) -> bytes:
+        """The raw body of commit ``sha``."""
+        with self._read_lock:
+            try:
+                info = self._repo.odb.stream(bytes.fromhex(sha))
+                data: bytes = info.read()
+                kind = info.type
+            except (ValueError, git.BadName, git.BadObject, OSError) as exc:
+                self._repo.close()  # the batch process may be out of step; restart it
+                raise NotFoundError(f"object {sha} is missing from {self.path}") from exc
+        if kind != b"commit":
+            raise StorageError(f"object {sha} in {self.path} is a {kind.decode()}, not a message")
+        return data
+
+    def read(self, sha: str) -> Message:
+        return fmt.decode(sha, self.read_body(sha))
+
+    def commits_between(self, since: str | None, until: str) -> list[str]:
+        """Commit ids after ``since`` up to ``until``, oldest first."""
+        spec = [f"^{since}", until] if since else [until]
+        out = gitcli.run(self.git_dir, ["rev-list", "--first-parent", "--reverse", *spec])
+        return out.stdout.decode("ascii").split()
+
+    def messages_between(self, since: str | None, until: str) -> Iterator[Message]:
+        """The messages after ``since`` up to ``until``, oldest first, read lazily."""
+        for sha in self.commits_between(since, until):
+            yield self.read(sha)
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        """True when ``older`` is ``newer`` or one of its ancestors."""
+        if older == newer:
+            return True
+        proc = gitcli.run(self.git_dir, ["merge-base", "--is-ancestor", older, newer], check=False)
+        if proc.returncode not in (0, 1):
+            raise GitCommandError(
+                ["git", "merge-base", "--is-ancestor", older, newer],
+                proc.returncode,
+                proc.stdout.decode(),
+                proc.stderr.decode(),
+            )
+        return proc.returncode == 0
+
+    def count(self, since: str | None, until: str | None) -> int:
+        """How many messages lie after ``since`` up to ``until``."""
+        if until is None:
+            return 0
+        spec = [f"^{since}", until] if since else [until]
+        out = gitcli.run(self.git_dir, ["rev-list", "--first-parent", "--count", *spec])
+        return int(out.stdout)
+
+    def git(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        """Run a git command in this repository (for the sync and prune layers)."""
+        return gitcli.run(self.git_dir, args, **kwargs)  # type: ignore[arg-type]
+
+
+def _placed(draft: Draft, sha: str, parent: str | None, committer: Identity) -> Message:
+    return Message(
+        id=draft.id,
+        sha=sha,
+        payload=draft.payload,
+        author=draft.author,
+        time=draft.time,
+        headers=dict(draft.headers),
+        parent=parent,
+        committer=committer,
+    )
+
+
+def _open_or_create(path: Path, create: bool) -> Path:
+    """The git directory at ``path``: a bare repo, or ``path/.git``; created if allowed."""
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"storage path {path} is a file, not a directory; choose another path")
+    if path.is_dir():
+        for candidate in (path, path / ".git"):
+            if (candidate / "HEAD").is_file() and (candidate / "objects").is_dir():
+                return candidate
+        if any(path.iterdir()):
+            raise StorageError(
+                f"storage path {path} is not a git repository and not empty; "
+                f"point at a GitMQ storage, an empty directory or a new path"
+            )
+    if not create:
+        raise StorageError(f"no storage at {path}; create it first (gitmq creates it on publish)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create storage at {path}: {exc.strerror}") from exc
+    gitcli.run(None, ["init", "--bare", "-q", str(path)])
+    return path
