@@ -183,6 +183,14 @@ class Storage:
         for sha in self.commits_between(since, until):
             yield self.read(sha)
 
+    def recent(self, tip: str, limit: int) -> Iterator[Message]:
+        """The newest ``limit`` messages up to ``tip`` (0: all), newest first."""
+        args = ["rev-list", "--first-parent", tip]
+        if limit > 0:
+            args.insert(1, f"--max-count={limit}")
+        for sha in gitcli.run(self.git_dir, args).stdout.decode("ascii").split():
+            yield self.read(sha)
+
     def is_ancestor(self, older: str, newer: str) -> bool:
         """True when ``older`` is ``newer`` or one of its ancestors."""
         if older == newer:

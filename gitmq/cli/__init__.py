@@ -1,0 +1,1 @@
+"""Command-line interface: ``gitmq`` and the gem's ``gitmq-produce``/``gitmq-consume``."""

@@ -1,0 +1,34 @@
+"""``gitmq``: the main command and its subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gitmq import __version__
+from gitmq.cli import queue_cmds
+from gitmq.cli.errors import guarded
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gitmq",
+        description="A message queue whose whole state is a Git repository.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 storage, 4 not found, 5 config, "
+        "6 remote, 7 consumer conflict, 70 bug, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"gitmq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    queue_cmds.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return guarded(lambda: int(args.func(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

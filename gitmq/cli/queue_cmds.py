@@ -1,0 +1,223 @@
+"""``gitmq publish | consume | log | status | seek``: a queue on one storage."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gitmq import names
+from gitmq.cli.signals import stop_event_on_signals
+from gitmq.consumer import Consumer
+from gitmq.errors import UsageError
+from gitmq.handlers import command_handler
+from gitmq.message import Identity, Message
+from gitmq.producer import Producer, default_identity
+from gitmq.retry import RetryPolicy
+from gitmq.status import storage_status
+from gitmq.storage import Storage
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("publish", help="publish one message (argument or stdin)")
+    _storage_queue(p)
+    p.add_argument("payload", nargs="?", help="the payload; read from stdin when omitted")
+    p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header")
+    p.add_argument("--lines", action="store_true", help="one message per line of stdin")
+    p.add_argument("--author", metavar="'NAME <EMAIL>'", help="author identity")
+    p.add_argument("--max-payload", type=int, default=1 << 20, metavar="BYTES")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("consume", help="print or handle each message as it arrives")
+    _storage_queue(p)
+    p.add_argument("consumer", help="consumer name (its offset is the tag refs/tags/NAME)")
+    p.add_argument(
+        "--exec",
+        dest="exec_cmd",
+        metavar="CMD",
+        help="run CMD (no shell) per message: payload on stdin, GITMQ_* env; exit 0 acks",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object per message")
+    p.add_argument("--drain", action="store_true", help="exit 0 once nothing is pending")
+    p.add_argument("--max-attempts", type=int, default=5)
+    p.add_argument("--dead-letter", metavar="QUEUE", help="dead-letter queue (QUEUE.dlq)")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("log", help="browse a queue, newest first")
+    _storage_queue(p)
+    p.add_argument("-n", "--limit", type=int, default=20, help="at most N messages (0: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("status", help="queues with counts, consumers with position and lag")
+    p.add_argument("path", help="storage path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("seek", help="move a consumer's offset")
+    _storage_queue(p)
+    p.add_argument("consumer")
+    p.add_argument(
+        "target",
+        help="beginning | end | MESSAGE-ID | COMMIT | ISO-TIME (next delivered is that message)",
+    )
+    p.set_defaults(func=cmd_seek)
+
+
+def _storage_queue(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="storage path (a bare git repository, created if missing)")
+    p.add_argument("queue", help="queue (branch) name")
+
+
+def parse_identity(text: str | None) -> Identity:
+    if not text:
+        return default_identity()
+    name, sep, rest = text.partition("<")
+    if not sep or not rest.endswith(">"):
+        raise UsageError(f"invalid --author {text!r}: use 'Name <email>'")
+    return Identity(name.strip(), rest[:-1].strip())
+
+
+def parse_headers(items: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid --header {item!r}: use NAME=VALUE")
+        headers[key] = value
+    return headers
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    names.check_queue(args.queue)
+    headers = parse_headers(args.header)
+    author = parse_identity(args.author)
+    with Storage(args.path) as storage:
+        producer = Producer(storage, args.queue, author=author, max_payload=args.max_payload)
+        if args.lines:
+            count = 0
+            for line in sys.stdin.buffer:
+                producer.publish(line.rstrip(b"\n").removesuffix(b"\r"), headers)
+                count += 1
+            print(f"published {count} messages to {args.queue}")
+            return 0
+        payload = args.payload.encode() if args.payload is not None else sys.stdin.buffer.read()
+        message = producer.publish(payload, headers)
+        print(message.id)
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    names.check_queue(args.queue)
+    names.check_consumer(args.consumer)
+    with Storage(args.path) as storage:
+        consumer = Consumer(
+            storage,
+            args.consumer,
+            args.queue,
+            retry=RetryPolicy(max_attempts=args.max_attempts),
+            dead_letter=args.dead_letter,
+        )
+        handler: Callable[[Message], object]
+        if args.exec_cmd:
+            argv = shlex.split(args.exec_cmd)
+            handler = command_handler(argv, args.queue, args.consumer)
+        else:
+            handler = _printer(args.json)
+        return run_consumer(consumer, handler, drain=args.drain)
+
+
+def run_consumer(consumer: Consumer, handler: Callable[[Message], object], drain: bool) -> int:
+    """Deliver until SIGTERM/SIGINT (exit 0) or, with ``drain``, until caught up."""
+    if drain:
+        while consumer.deliver_pending(handler):
+            pass
+        return 0
+    stop = stop_event_on_signals()
+    consumer.consume(handler)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        consumer.stop()
+    return 0
+
+
+def _printer(as_json: bool) -> Callable[[Message], object]:
+    out = sys.stdout.buffer
+
+    def show(message: Message) -> None:
+        if as_json:
+            out.write(json.dumps(message_json(message)).encode() + b"\n")
+        else:
+            out.write(message.payload + b"\n")
+        out.flush()
+
+    return show
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    try:
+        payload: dict[str, str] = {"payload": message.payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        payload = {"payload_base64": base64.b64encode(message.payload).decode()}
+    return {
+        "id": message.id,
+        "sha": message.sha,
+        "time": message.time.isoformat(),
+        "author": str(message.author),
+        "headers": dict(message.headers),
+        **payload,
+    }
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    ref = names.queue_ref(args.queue)
+    with Storage(args.path, create=False) as storage:
+        tip = storage.read_ref(ref)
+        if tip is None:
+            raise UsageError(f"queue {args.queue!r} does not exist in {storage.path}")
+        for message in storage.recent(tip, args.limit):
+            if args.json:
+                print(json.dumps(message_json(message)))
+            else:
+                print(
+                    f"{message.id}  {message.time.isoformat()}  {message.author}  "
+                    f"{_preview(message.payload)}"
+                )
+    return 0
+
+
+def _preview(payload: bytes, width: int = 60) -> str:
+    text = payload.decode("utf-8", "replace")
+    flat = " ".join(text.split()) if text.strip() else repr(text)
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Storage(args.path, create=False) as storage:
+        status = storage_status(storage)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print("queues:")
+    for queue in status["queues"]:
+        print(f"  {queue['name']}: {queue['messages']} messages")
+    print("consumers:")
+    for c in status["consumers"]:
+        where = f"{c['queue']} lag {c['lag']}" if c["queue"] else "not on any queue"
+        print(f"  {c['name']}: at {c['position'][:12]} ({where})")
+    return 0
+
+
+def cmd_seek(args: argparse.Namespace) -> int:
+    with Storage(args.path, create=False) as storage:
+        consumer = Consumer(storage, args.consumer, args.queue)
+        value = consumer.seek(args.target)
+    shown = value[:12] if value else "the beginning"
+    print(f"consumer {args.consumer} now at {shown}")
+    return 0
