@@ -9,6 +9,8 @@ history use ``git rev-list``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -97,6 +99,11 @@ class Storage:
         """Store raw commit bodies (sync's re-parented messages); return their ids."""
         self._write_commits(bodies)
         return [objects.object_id(objects.OBJ_COMMIT, b) for b in bodies]
+
+    @staticmethod
+    def commit_id(body: bytes) -> str:
+        """The commit id a raw commit body will have once written."""
+        return objects.object_id(objects.OBJ_COMMIT, body)
 
     def _write_commits(self, bodies: Sequence[bytes]) -> None:
         if len(bodies) >= PACK_BATCH_MIN:
@@ -212,6 +219,23 @@ class Storage:
         spec = [f"^{since}", until] if since else [until]
         out = gitcli.run(self.git_dir, ["rev-list", "--first-parent", "--count", *spec])
         return int(out.stdout)
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or None when they share none."""
+        proc = gitcli.run(self.git_dir, ["merge-base", a, b], check=False)
+        return proc.stdout.decode().strip() or None
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the storage-wide lock ``name`` (e.g. one sync per remote) across
+        processes; the kernel releases it if the holder dies."""
+        path = self.git_dir / f"gitmq-{name}.lock"
+        with open(path, "a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def git(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
         """Run a git command in this repository (for the sync and prune layers)."""

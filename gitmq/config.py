@@ -1,0 +1,491 @@
+"""The node's YAML configuration, validated once at load into frozen records.
+
+Errors name the file, the key path, what was expected and what was found, e.g.
+``node.yml: queues.orders.prune.max_age: expected a duration like 10s, 5m or
+7d, found 'soon'``. Unknown keys are errors too: a typo must not silently
+turn a feature off. The rest of GitMQ never sees a raw dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gitmq import names
+from gitmq.consumer import dead_letter_queue
+from gitmq.errors import ConfigError, GitMQError
+from gitmq.message import Identity
+from gitmq.producer import DEFAULT_MAX_PAYLOAD
+from gitmq.retry import RetryPolicy
+from gitmq.units import parse_duration, parse_size
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    name: str
+    url: str
+    token_env: str | None = None
+    token_user: str = "x-access-token"
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    ssh_config: Path | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class PrunePolicy:
+    max_age: float | None = None
+    max_messages: int | None = None
+    keep_unconsumed: bool = True
+    every: float | None = None  # interval schedule, seconds
+    cron: str | None = None  # or a crontab expression
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """Remote retention: rotate the queue into segments (docs/retention.md)."""
+
+    max_messages: int | None = None
+    max_age: float | None = None
+    keep_segments: int = 1
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    name: str
+    remote: str | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    prune: PrunePolicy | None = None
+    rotate: RotationPolicy | None = None
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    command: tuple[str, ...] | None = None
+    python: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    name: str
+    queue: str
+    handler: HandlerConfig
+    retry: RetryPolicy
+    dead_letter: str
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    interval: float = 5.0
+    jitter: float = 0.0
+    max_push_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class DeployKeyConfig:
+    title: str
+    key: str
+
+
+@dataclass(frozen=True)
+class GithubConfig:
+    repository: str
+    private: bool = True
+    base_url: str = "https://api.github.com"
+    deploy_keys: tuple[DeployKeyConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    file: Path
+    name: str
+    identity: Identity
+    storage_path: Path
+    fsync: bool
+    sync: SyncConfig
+    remotes: dict[str, RemoteConfig] = field(default_factory=dict)
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+    consumers: dict[str, ConsumerConfig] = field(default_factory=dict)
+    github: GithubConfig | None = None
+
+    def synced_queues(self, remote: str) -> list[str]:
+        """Queues that sync with ``remote``: configured ones and their dead-letter queues."""
+        out = [q.name for q in self.queues.values() if q.remote == remote]
+        for consumer in self.consumers.values():
+            if consumer.queue in out and consumer.dead_letter not in out:
+                out.append(consumer.dead_letter)
+        return out
+
+
+class Section:
+    """A mapping at a key path of a config file, read key by key."""
+
+    def __init__(self, file: Path, path: str, data: object) -> None:
+        self.file, self.path = file, path
+        if not isinstance(data, dict):
+            self.fail(None, "a mapping", data)
+        self.data: dict[str, Any] = data  # type: ignore[assignment]
+        self.used: set[str] = set()
+
+    def where(self, key: str | None) -> str:
+        return ".".join(p for p in (self.path, key) if p) or "(top level)"
+
+    def fail(self, key: str | None, expected: str, found: object) -> None:
+        shown = repr(found) if not isinstance(found, dict | list) else type(found).__name__
+        raise ConfigError(f"{self.file}: {self.where(key)}: expected {expected}, found {shown}")
+
+    def error(self, key: str | None, text: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.where(key)}: {text}")
+
+    def get(self, key: str, default: object = None, *, required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        return self.data[key]
+
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
+        value = self.get(key, default, required=required)
+        if value is not None and (not isinstance(value, str) or not value):
+            self.fail(key, "a non-empty string", value)
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return bool(value)
+
+    def number(self, key: str, default: int | None = None, *, minimum: int = 0) -> Any:
+        value = self.get(key, default)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < minimum
+        ):
+            self.fail(key, f"a whole number >= {minimum}", value)
+        return value
+
+    def size(self, key: str, default: int) -> int:
+        value = self.get(key, default)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(key, str(exc), value)
+            raise
+
+    def duration(self, key: str, default: float | None = None) -> Any:
+        value = self.get(key, default)
+        if value is None or (isinstance(value, float) and value == default):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(key, str(exc), value)
+            raise
+
+    def path_value(self, key: str, base: Path) -> Path | None:
+        value = self.text(key)
+        return None if value is None else (base / Path(value).expanduser())
+
+    def section(self, key: str, *, required: bool = False) -> Section | None:
+        value = self.get(key, required=required)
+        return None if value is None else Section(self.file, self.where(key), value)
+
+    def children(self, key: str) -> list[tuple[str, Section]]:
+        value = self.get(key, {})
+        parent = Section(self.file, self.where(key), value)
+        parent.used = set(parent.data)
+        return [
+            (str(k), Section(self.file, parent.where(str(k)), v)) for k, v in parent.data.items()
+        ]
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(
+                None,
+                f"unknown key {unknown[0]!r} (expected one of: {', '.join(sorted(self.used))})",
+            )
+
+
+def load(path: str | Path) -> NodeConfig:
+    """Read and validate the node config at ``path``."""
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{file}:{where}: not valid YAML: {problem}") from None
+    return _node(Section(file, "", data), file.parent.absolute())
+
+
+def _node(top: Section, base: Path) -> NodeConfig:
+    node = top.section("node", required=True)
+    assert node is not None
+    name = node.text("name", required=True)
+    ident = node.section("identity")
+    identity = _identity(ident, name)
+    node.done()
+    storage = top.section("storage", required=True)
+    assert storage is not None
+    storage_path = storage.path_value("path", base)
+    if storage_path is None:
+        raise storage.error("path", "is required")
+    fsync = storage.flag("fsync", False)
+    storage.done()
+    remotes = {n: _remote(n, s, base) for n, s in top.children("remotes")}
+    queues = {n: _queue(n, s, remotes) for n, s in top.children("queues")}
+    consumers = {n: _consumer(n, s, queues) for n, s in top.children("consumers")}
+    sync = _sync(top.section("sync"))
+    github = _github(top.section("github"), base)
+    top.done()
+    _check_collisions(top, queues, consumers)
+    return NodeConfig(
+        top.file, name, identity, storage_path, fsync, sync, remotes, queues, consumers, github
+    )
+
+
+def _identity(sec: Section | None, node_name: str) -> Identity:
+    if sec is None:
+        return Identity(node_name, f"{node_name}@gitmq.invalid")
+    name = sec.text("name", node_name)
+    email = sec.text("email", f"{node_name}@gitmq.invalid")
+    sec.done()
+    try:
+        return Identity(name, email)
+    except GitMQError as exc:
+        raise sec.error(None, exc.message) from None
+
+
+def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
+    _check_name(sec, name, "remote")
+    remote = RemoteConfig(
+        name=name,
+        url=sec.text("url", required=True),
+        token_env=sec.text("token_env"),
+        token_user=sec.text("token_user", "x-access-token"),
+        ssh_key=sec.path_value("ssh_key", base),
+        known_hosts=sec.path_value("known_hosts", base),
+        ssh_config=sec.path_value("ssh_config", base),
+        timeout=sec.duration("timeout", 60.0),
+    )
+    if "token" in sec.data or "password" in sec.data:
+        raise sec.error(
+            None,
+            "secrets never go in the config file: put the token in an "
+            "environment variable and name it with token_env",
+        )
+    sec.done()
+    return remote
+
+
+def _queue(name: str, sec: Section, remotes: dict[str, RemoteConfig]) -> QueueConfig:
+    _check_name(sec, name, "queue")
+    remote = sec.text("remote")
+    if remote is not None and remote not in remotes:
+        raise sec.error(
+            "remote",
+            f"names remote {remote!r}, which is not under 'remotes' "
+            f"(known: {', '.join(sorted(remotes)) or 'none'})",
+        )
+    queue = QueueConfig(
+        name=name,
+        remote=remote,
+        max_payload=sec.size("max_payload", DEFAULT_MAX_PAYLOAD),
+        prune=_prune(sec.section("prune")),
+        rotate=_rotate(sec.section("rotate")),
+    )
+    sec.done()
+    return queue
+
+
+def _prune(sec: Section | None) -> PrunePolicy | None:
+    if sec is None:
+        return None
+    schedule = sec.get("schedule", "1h")
+    every, cron = None, None
+    if isinstance(schedule, str) and len(schedule.split()) == 5:
+        cron = schedule
+    else:
+        try:
+            every = parse_duration(str(schedule))
+        except ValueError:
+            sec.fail(
+                "schedule", "an interval like 1h or a cron expression like '0 3 * * *'", schedule
+            )
+    policy = PrunePolicy(
+        max_age=sec.duration("max_age"),
+        max_messages=sec.number("max_messages", minimum=1),
+        keep_unconsumed=sec.flag("keep_unconsumed", True),
+        every=every,
+        cron=cron,
+    )
+    sec.done()
+    if policy.max_age is None and policy.max_messages is None:
+        raise sec.error(None, "needs max_age, max_messages or both")
+    return policy
+
+
+def _rotate(sec: Section | None) -> RotationPolicy | None:
+    if sec is None:
+        return None
+    policy = RotationPolicy(
+        max_messages=sec.number("max_messages", minimum=1),
+        max_age=sec.duration("max_age"),
+        keep_segments=sec.number("keep_segments", 1, minimum=0),
+    )
+    sec.done()
+    if policy.max_age is None and policy.max_messages is None:
+        raise sec.error(None, "needs max_messages, max_age or both")
+    return policy
+
+
+def _consumer(name: str, sec: Section, queues: dict[str, QueueConfig]) -> ConsumerConfig:
+    _check_name(sec, name, "consumer")
+    queue = sec.text("queue", required=True)
+    if queue not in queues:
+        raise sec.error(
+            "queue",
+            f"names queue {queue!r}, which is not under 'queues' "
+            f"(known: {', '.join(sorted(queues)) or 'none'})",
+        )
+    handler = sec.section("handler", required=True)
+    assert handler is not None
+    dead_letter = sec.text("dead_letter", dead_letter_queue(queue))
+    try:
+        names.check_queue(dead_letter)
+    except GitMQError as exc:
+        raise sec.error("dead_letter", exc.message) from None
+    consumer = ConsumerConfig(
+        name, queue, _handler(handler), _retry(sec.section("retry")), dead_letter
+    )
+    sec.done()
+    return consumer
+
+
+def _handler(sec: Section) -> HandlerConfig:
+    command = sec.get("command")
+    python = sec.text("python")
+    timeout = sec.duration("timeout")
+    sec.done()
+    if (command is None) == (python is None):
+        raise sec.error(
+            None,
+            "needs exactly one of 'command' (a list: program and arguments) "
+            "or 'python' ('package.module:function')",
+        )
+    if command is not None:
+        if (
+            isinstance(command, str)
+            or not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) and a for a in command)
+        ):
+            sec.fail(
+                "command",
+                "a list of strings such as [/usr/bin/handler, --flag] (no shell is used)",
+                command,
+            )
+        return HandlerConfig(command=tuple(command), timeout=timeout)
+    if ":" not in python:
+        sec.fail("python", "'package.module:function'", python)
+    return HandlerConfig(python=python, timeout=timeout)
+
+
+def _retry(sec: Section | None) -> RetryPolicy:
+    if sec is None:
+        return RetryPolicy()
+    try:
+        policy = RetryPolicy(
+            max_attempts=sec.number("max_attempts", 5, minimum=1),
+            initial_delay=sec.duration("initial_delay", 0.1),
+            max_delay=sec.duration("max_delay", 30.0),
+        )
+    except GitMQError as exc:
+        raise sec.error(None, exc.message) from None
+    sec.done()
+    return policy
+
+
+def _sync(sec: Section | None) -> SyncConfig:
+    if sec is None:
+        return SyncConfig()
+    config = SyncConfig(
+        interval=sec.duration("interval", 5.0),
+        jitter=sec.duration("jitter", 0.0),
+        max_push_attempts=sec.number("max_push_attempts", 5, minimum=1),
+    )
+    sec.done()
+    if config.interval <= 0:
+        raise sec.error("interval", "must be more than 0s")
+    return config
+
+
+def _github(sec: Section | None, base: Path) -> GithubConfig | None:
+    if sec is None:
+        return None
+    repository = sec.text("repository", required=True)
+    if repository.count("/") != 1 or repository.startswith("/") or repository.endswith("/"):
+        sec.fail("repository", "'owner/name'", repository)
+    keys = []
+    for index, item in enumerate(sec.get("deploy_keys", []) or []):
+        keys.append(_deploy_key(Section(sec.file, sec.where(f"deploy_keys[{index}]"), item), base))
+    config = GithubConfig(
+        repository=repository,
+        private=sec.flag("private", True),
+        base_url=sec.text("base_url", "https://api.github.com"),
+        deploy_keys=tuple(keys),
+    )
+    sec.done()
+    return config
+
+
+def _deploy_key(sec: Section, base: Path) -> DeployKeyConfig:
+    title = sec.text("title", required=True)
+    key = sec.text("key")
+    key_file = sec.path_value("key_file", base)
+    sec.done()
+    if (key is None) == (key_file is None):
+        raise sec.error(None, "needs exactly one of 'key' (the public key text) or 'key_file'")
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            raise sec.error("key_file", f"cannot read {key_file}: {exc.strerror}") from None
+    return DeployKeyConfig(title, key)
+
+
+def _check_name(sec: Section, name: str, what: str) -> None:
+    try:
+        if what == "consumer":
+            names.check_consumer(name)
+        else:
+            names.check_queue(name)
+    except GitMQError as exc:
+        raise sec.error(None, exc.message.replace("queue name", f"{what} name")) from None
+
+
+def _check_collisions(
+    top: Section, queues: dict[str, QueueConfig], consumers: dict[str, ConsumerConfig]
+) -> None:
+    for consumer in consumers.values():
+        if consumer.dead_letter == consumer.queue:
+            raise top.error(
+                f"consumers.{consumer.name}.dead_letter", "must differ from the queue it consumes"
+            )

@@ -1,0 +1,163 @@
+"""Talking to a remote: list, fetch and atomic push, each with a timeout.
+
+Errors are sorted into the two cases sync must tell apart: a push the remote
+*rejected* because someone else pushed first (:class:`PushRejected`: fetch,
+re-parent, retry) and everything else (:class:`RemoteError`: keep the messages
+local, try next cycle). Credentials come in through the environment only, so
+no token ever appears in argv, in ``.git/config`` or in an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitmq.errors import RemoteError
+from gitmq.storage import gitcli
+
+_AUTH_SIGNS = (
+    "authentication failed", "could not read username", "terminal prompts disabled",
+    "permission denied", "host key verification failed", "invalid username or password",
+    "returned error: 401", "returned error: 403",
+)  # fmt: skip
+_REJECT_SIGNS = (
+    "[rejected]", "[remote rejected]", "fetch first", "non-fast-forward", "stale info",
+    "cannot lock ref", "failed to update ref", "atomic push failed", "already exists",
+)  # fmt: skip
+
+
+class PushRejected(Exception):
+    """The remote refused the push because a ref moved under us; retry after a fetch."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach one remote: a token (https) and/or ssh settings."""
+
+    token: str | None = None
+    token_user: str = "x-access-token"
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    ssh_config: Path | None = None
+    timeout: float = 60.0
+
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.token:
+            basic = base64.b64encode(f"{self.token_user}:{self.token}".encode()).decode()
+            env.update(
+                GIT_CONFIG_COUNT="1",
+                GIT_CONFIG_KEY_0="http.extraHeader",
+                GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
+            )
+        ssh = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(self.timeout)}"]
+        if self.ssh_config:
+            ssh += ["-F", str(self.ssh_config)]
+        if self.ssh_key:
+            ssh += ["-i", str(self.ssh_key), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            ssh += ["-o", f"UserKnownHostsFile={self.known_hosts}",
+                    "-o", "StrictHostKeyChecking=yes"]  # fmt: skip
+        if self.ssh_config or self.ssh_key or self.known_hosts:
+            env["GIT_SSH_COMMAND"] = shlex.join(ssh)
+        elif "GIT_SSH_COMMAND" in os.environ:
+            env["GIT_SSH_COMMAND"] = os.environ["GIT_SSH_COMMAND"]
+        return env
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """Push ``sha`` to ``ref``; ``lease`` is the value the remote must still have
+    ("" = must not exist, None = no lease: fast-forward only)."""
+
+    sha: str
+    ref: str
+    lease: str | None = None
+
+
+def _network(
+    git_dir: Path, args: Sequence[str], url: str, creds: Credentials
+) -> tuple[int, str, str]:
+    limits = ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={int(creds.timeout)}"]
+    try:
+        proc = gitcli.run(
+            git_dir,
+            [*limits, *args],
+            env=creds.env(),
+            timeout=creds.timeout,
+            check=False,
+            network=True,
+        )
+    except RemoteError as exc:
+        raise RemoteError(f"remote {url}: {exc.message}") from None
+    return (
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
+
+
+def _failure(url: str, what: str, stderr: str) -> RemoteError:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), None)
+    detail = detail or (lines[-1] if lines else "no output")
+    low = stderr.lower()
+    if any(sign in low for sign in _AUTH_SIGNS):
+        return RemoteError(
+            f"remote {url}: {what} was refused: authentication failed ({detail}); check the "
+            f"token variable or the ssh key and known_hosts of this remote"
+        )
+    return RemoteError(f"remote {url}: {what} failed: {detail}")
+
+
+def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
+    """Every branch and tag on the remote with the commit it points at."""
+    status, out, err = _network(git_dir, ["ls-remote", "--refs", url], url, creds)
+    if status != 0:
+        raise _failure(url, "listing refs", err)
+    refs: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.startswith(("refs/heads/", "refs/tags/")):
+            refs[ref] = sha
+    return refs
+
+
+def fetch(git_dir: Path, url: str, refspecs: Sequence[str], creds: Credentials) -> None:
+    """Fetch ``refspecs`` (all forced into private tracking refs); never touches tags."""
+    if not refspecs:
+        return
+    args = ["fetch", "--no-tags", "--no-write-fetch-head", "--quiet", url, *refspecs]
+    status, _, err = _network(git_dir, args, url, creds)
+    if status != 0:
+        raise _failure(url, "fetch", err)
+
+
+def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Credentials) -> None:
+    """Push every update in one atomic push, or raise (PushRejected / RemoteError)."""
+    args = ["push", "--atomic", "--porcelain", "--no-verify"]
+    specs = []
+    for update in updates:
+        if update.lease is None:
+            specs.append(f"{update.sha}:{update.ref}")
+        else:
+            args.append(f"--force-with-lease={update.ref}:{update.lease}")
+            specs.append(f"+{update.sha}:{update.ref}")
+    status, out, err = _network(git_dir, [*args, url, *specs], url, creds)
+    if status == 0:
+        return
+    text = (out + "\n" + err).lower()
+    if any(sign in text for sign in _REJECT_SIGNS):
+        raise PushRejected(_rejection(out + "\n" + err))
+    raise _failure(url, "push", err)
+
+
+def _rejection(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("!") or "rejected" in line:
+            return line.strip()
+    return text.strip().splitlines()[-1] if text.strip() else "rejected"

@@ -1,0 +1,245 @@
+"""One sync cycle of a node's storage against one remote (docs/sync.md).
+
+1. List the remote's refs; fetch only the configured queues and consumer tags
+   that changed, into private tracking refs (no fetch when nothing changed).
+2. Re-parent the local unpushed messages onto the fetched tip, in-process,
+   dropping any whose id already landed; compare-and-swap the local branch.
+3. Push everything that moved in one atomic push: branches fast-forward only,
+   consumer tags with a lease on their remote value. Nothing moved: no push.
+4. A rejected push goes back to 1 with jittered backoff, a bounded number of
+   times; a network failure keeps everything local until the next cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gitmq import message as fmt
+from gitmq.errors import RemoteError
+from gitmq.message import Identity
+from gitmq.storage import Storage
+from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
+
+log = logging.getLogger("gitmq.sync")
+
+
+def tracking_ref(remote: str, queue: str) -> str:
+    """Where the remote's copy of ``queue`` is kept: the confirmed messages."""
+    return f"refs/remotes/{remote}/{queue}"
+
+
+def remote_tag_ref(remote: str, consumer: str) -> str:
+    """Where the remote's copy of a consumer tag is kept (never in refs/tags)."""
+    return f"refs/gitmq/remotes/{remote}/tags/{consumer}"
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    """What to sync with one remote."""
+
+    remote: str
+    url: str
+    queues: tuple[str, ...]
+    consumers: tuple[str, ...]
+    committer: Identity
+    credentials: Credentials = field(default_factory=Credentials)
+    max_attempts: int = 5
+
+
+@dataclass
+class SyncReport:
+    """What one cycle did; ``error`` is set when the remote could not be reached."""
+
+    remote: str
+    fetched: int = 0
+    reparented: int = 0
+    duplicates_dropped: int = 0
+    pushed_messages: int = 0
+    pushed_tags: int = 0
+    pushes: int = 0
+    rejections: int = 0
+    tags_resumed: int = 0
+    conflicts: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def line(self) -> str:
+        state = "ok" if self.ok else f"failed: {self.error}"
+        return (
+            f"sync {self.remote}: {state}; fetched {self.fetched}, pushed {self.pushed_messages} "
+            f"messages and {self.pushed_tags} tags in {self.pushes} push(es), "
+            f"{self.rejections} rejected, {len(self.conflicts)} conflicts, "
+            f"{self.seconds * 1000:.0f} ms"
+        )
+
+
+class _Cycle:
+    """The state of one attempt: the plan of what to push."""
+
+    def __init__(
+        self, storage: Storage, target: SyncTarget, report: SyncReport, now: Callable[[], datetime]
+    ) -> None:
+        self.storage, self.target, self.report, self.now = storage, target, report, now
+        self.updates: list[RefUpdate] = []
+        self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
+        self.message_count = 0
+
+    def run(self) -> None:
+        remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
+        self.fetch_changed(remote_refs)
+        for queue in self.target.queues:
+            self.integrate(queue)
+        for consumer in self.target.consumers:
+            self.reconcile_tag(consumer)
+        if not self.updates:
+            return
+        push_atomic(self.storage.git_dir, self.target.url, self.updates, self.target.credentials)
+        for ref, new, old in self.confirm:
+            self.storage.compare_and_swap(ref, new, old)
+        self.report.pushes += 1
+        self.report.pushed_messages += self.message_count
+        self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in self.updates)
+
+    # step 1 -----------------------------------------------------------------
+    def fetch_changed(self, remote_refs: dict[str, str]) -> None:
+        t, storage = self.target, self.storage
+        specs: list[str] = []
+        before: dict[str, str | None] = {}
+        for queue in t.queues:
+            ref, mine = f"refs/heads/{queue}", tracking_ref(t.remote, queue)
+            theirs, known = remote_refs.get(ref), storage.read_ref(mine)
+            if theirs and theirs != known:
+                specs.append(f"+{ref}:{mine}")
+                before[mine] = known
+        for consumer in t.consumers:
+            ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
+            theirs, known = remote_refs.get(ref), storage.read_ref(mine)
+            if theirs and theirs != known:
+                specs.append(f"+{ref}:{mine}")
+            elif theirs is None and known is not None:
+                storage.delete_ref(mine, known)  # deleted on the remote (a seek elsewhere)
+        fetch(storage.git_dir, t.url, specs, t.credentials)
+        for mine, known in before.items():
+            tip = storage.read_ref(mine)
+            self.report.fetched += storage.count(known, tip) if tip else 0
+
+    # step 2 -----------------------------------------------------------------
+    def integrate(self, queue: str) -> None:
+        storage = self.storage
+        local_ref, mine = f"refs/heads/{queue}", tracking_ref(self.target.remote, queue)
+        while True:
+            local, confirmed = storage.read_ref(local_ref), storage.read_ref(mine)
+            if local == confirmed:
+                return
+            if local is None:
+                assert confirmed is not None
+                if storage.compare_and_swap(local_ref, confirmed, None):
+                    return
+                continue
+            if confirmed is None or storage.is_ancestor(confirmed, local):
+                self.plan_push(queue, local, confirmed)
+                return
+            if storage.is_ancestor(local, confirmed):
+                if storage.compare_and_swap(local_ref, confirmed, local):
+                    return
+                continue
+            if self.reparent(local_ref, local, confirmed):
+                continue  # re-read: the branch is now a fast-forward of the remote
+
+    def reparent(self, local_ref: str, local: str, confirmed: str) -> bool:
+        """Replay the unpushed messages onto ``confirmed``; False if the branch moved."""
+        storage = self.storage
+        base = storage.merge_base(local, confirmed)
+        landed = {
+            mid
+            for sha in storage.commits_between(base, confirmed)
+            if (mid := fmt.message_id(storage.read_body(sha)))
+        }
+        parent, bodies, dropped = confirmed, [], 0
+        stamp = self.now()
+        for sha in storage.commits_between(base, local):
+            body = storage.read_body(sha)
+            mid = fmt.message_id(body)
+            if mid and mid in landed:
+                dropped += 1
+                continue
+            new_body = fmt.reparent(body, parent, self.target.committer, stamp)
+            bodies.append(new_body)
+            parent = storage.commit_id(new_body)
+        storage.write_commits(bodies)
+        if not storage.compare_and_swap(local_ref, parent, local):
+            return True
+        self.report.reparented += len(bodies)
+        self.report.duplicates_dropped += dropped
+        return True
+
+    def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
+        self.updates.append(RefUpdate(local, f"refs/heads/{queue}"))
+        self.confirm.append((tracking_ref(self.target.remote, queue), local, confirmed))
+        self.message_count += self.storage.count(confirmed, local)
+
+    # step 3 -----------------------------------------------------------------
+    def reconcile_tag(self, consumer: str) -> None:
+        storage, remote = self.storage, self.target.remote
+        tag, mine = f"refs/tags/{consumer}", remote_tag_ref(remote, consumer)
+        local, theirs = storage.read_ref(tag), storage.read_ref(mine)
+        if local == theirs:
+            return
+        if local is None or (theirs is not None and storage.is_ancestor(local, theirs)):
+            assert theirs is not None  # local == theirs returned above
+            if storage.compare_and_swap(tag, theirs, local):
+                self.report.tags_resumed += 1
+            return
+        if theirs is None or storage.is_ancestor(theirs, local):
+            self.updates.append(RefUpdate(local, tag, lease=theirs or ""))
+            self.confirm.append((mine, local, theirs))
+            return
+        text = (
+            f"consumer {consumer!r}: local tag {local[:12]} and the tag on {remote} "
+            f"{theirs[:12]} have diverged (two nodes run a consumer of that name?); "
+            f"neither was moved"
+        )
+        self.report.conflicts.append(text)
+        log.error("%s", text)
+
+
+def sync_once(
+    storage: Storage,
+    target: SyncTarget,
+    *,
+    now: Callable[[], datetime] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SyncReport:
+    """Run one sync cycle against ``target``; never raises for remote trouble."""
+    report = SyncReport(target.remote)
+    started = time.monotonic()
+    clock = now or (lambda: datetime.now(UTC))
+    with storage.exclusive(f"sync-{target.remote}"):
+        for attempt in range(1, target.max_attempts + 1):
+            try:
+                _Cycle(storage, target, report, clock).run()
+                break
+            except PushRejected as exc:
+                report.rejections += 1
+                log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
+                if attempt < target.max_attempts:
+                    sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            except RemoteError as exc:
+                report.error = exc.message
+                break
+        else:
+            report.error = (
+                f"push rejected {report.rejections} times (other nodes kept pushing first); "
+                f"will try again next cycle"
+            )
+    report.seconds = time.monotonic() - started
+    return report
