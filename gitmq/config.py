@@ -8,6 +8,8 @@ turn a feature off. The rest of GitMQ never sees a raw dict.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from gitmq.message import Identity
 from gitmq.producer import DEFAULT_MAX_PAYLOAD
 from gitmq.retry import RetryPolicy
 from gitmq.units import parse_duration, parse_size
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,21 @@ class Section:
             if required:
                 raise self.error(key, "is required")
             return default
-        return self.data[key]
+        value = self.data[key]
+        return self._expand(key, value) if isinstance(value, str) else value
+
+    def _expand(self, key: str, value: str) -> str:
+        """Replace ``${NAME}`` with that environment variable (``$$`` is a ``$``)."""
+
+        def sub(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1)
+            if name not in os.environ:
+                raise self.error(key, f"uses ${{{name}}}, which is not set in the environment")
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
 
     def text(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
         value = self.get(key, default, required=required)

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gitmq import __version__
-from gitmq.cli import queue_cmds
+from gitmq import __version__, demo
+from gitmq.cli import node_cmd, queue_cmds
 from gitmq.cli.errors import guarded
 
 
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gitmq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     queue_cmds.register(sub)
+    node_cmd.register(sub)
+    demo.register(sub)
     return parser
 
 

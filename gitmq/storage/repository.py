@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -256,23 +259,45 @@ def _placed(draft: Draft, sha: str, parent: str | None, committer: Identity) -> 
 
 
 def _open_or_create(path: Path, create: bool) -> Path:
-    """The git directory at ``path``: a bare repo, or ``path/.git``; created if allowed."""
+    """The git directory at ``path``: a bare repo, or ``path/.git``; created if allowed.
+
+    Creation happens in a temporary sibling that is renamed into place, so
+    processes racing to create one storage all end up opening the same one.
+    """
     if path.exists() and not path.is_dir():
         raise StorageError(f"storage path {path} is a file, not a directory; choose another path")
-    if path.is_dir():
-        for candidate in (path, path / ".git"):
-            if (candidate / "HEAD").is_file() and (candidate / "objects").is_dir():
-                return candidate
-        if any(path.iterdir()):
-            raise StorageError(
-                f"storage path {path} is not a git repository and not empty; "
-                f"point at a GitMQ storage, an empty directory or a new path"
-            )
+    found = _git_dir(path)
+    if found is not None:
+        return found
+    if path.is_dir() and any(path.iterdir()):
+        raise StorageError(
+            f"storage path {path} is not a git repository and not empty; "
+            f"point at a GitMQ storage, an empty directory or a new path"
+        )
     if not create:
         raise StorageError(f"no storage at {path}; create it first (gitmq creates it on publish)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as exc:
         raise StorageError(f"cannot create storage at {path}: {exc.strerror}") from exc
-    gitcli.run(None, ["init", "--bare", "-q", str(path)])
-    return path
+    try:
+        gitcli.run(None, ["init", "--bare", "-q", str(tmp)])
+        with contextlib.suppress(OSError):  # lost the race, or path is an empty dir
+            path.rmdir()
+        os.rename(tmp, path)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = _git_dir(path)
+    if found is None:
+        raise StorageError(f"cannot create storage at {path}")
+    return found
+
+
+def _git_dir(path: Path) -> Path | None:
+    for candidate in (path, path / ".git"):
+        if (candidate / "HEAD").is_file() and (candidate / "objects").is_dir():
+            return candidate
+    return None

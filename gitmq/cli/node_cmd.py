@@ -1,0 +1,51 @@
+"""``gitmq node`` (run a node) and ``gitmq config check`` (validate a config)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gitmq import config as node_config
+from gitmq import logs
+from gitmq.cli.signals import stop_event_on_signals
+from gitmq.node import Node
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("node", help="run a node: consumers plus scheduled sync")
+    p.add_argument("--config", required=True, metavar="FILE", help="the node's YAML config")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="sync, deliver pending messages, sync again, exit (tests, cron)",
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("config", help="work with node config files")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser("check", help="validate a config file without running anything")
+    c.add_argument("file", help="the YAML config")
+    c.set_defaults(func=cmd_config_check)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    logs.setup(args.log_format, args.log_level)
+    config = node_config.load(args.config)
+    stop = stop_event_on_signals()
+    node = Node(config)
+    try:
+        if args.once:
+            return node.run_once()
+        return node.run(stop)
+    finally:
+        node.close()
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = node_config.load(args.file)
+    print(
+        f"{args.file}: ok (node {config.name}: {len(config.queues)} queues, "
+        f"{len(config.consumers)} consumers, {len(config.remotes)} remotes)"
+    )
+    return 0
