@@ -137,6 +137,8 @@ class RefLock:
             raise StorageError(
                 f"cannot create ref {self.ref}: a ref with a prefix of that name exists"
             ) from exc
+        if self.path.is_dir():
+            raise StorageError(f"cannot create ref {self.ref}: refs named {self.ref}/... exist")
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
         delay = 0.0001
         while True:
