@@ -64,7 +64,13 @@ class Producer:
 
     def _draft(self, payload: Payload, headers: Mapping[str, str] | None) -> Draft:
         if isinstance(payload, str):
-            data = payload.encode("utf-8", "surrogateescape")
+            try:
+                data = payload.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError as exc:
+                raise UsageError(
+                    f"payload is not encodable as UTF-8 ({exc.reason} at position {exc.start}); "
+                    f"publish bytes instead"
+                ) from exc
         elif isinstance(payload, bytes | bytearray | memoryview):
             data = bytes(payload)
         else:
@@ -80,6 +86,7 @@ class Producer:
             id=ids.new_id(int(now.timestamp() * 1e9)),
             payload=data,
             author=self.author,
-            time=now,
+            # Git records whole seconds: the Message we return must be the one stored.
+            time=now.replace(microsecond=0),
             headers=validate_headers(headers or {}),
         )
