@@ -116,9 +116,20 @@ def _order(work: Path, node: str) -> list[str]:
         return [m.text for m in storage.messages_between(None, tag)]
 
 
-def _publish(storage: Path, text: str) -> None:
+def _publish(storage: Path, text: str, node: str) -> None:
+    author = f"Demo producer {node} <producer-{node}@demo.gitmq.invalid>"
     subprocess.run(
-        [sys.executable, "-m", "gitmq.cli.main", "publish", str(storage), "orders", text],
+        [
+            sys.executable,
+            "-m",
+            "gitmq.cli.main",
+            "publish",
+            "--author",
+            author,
+            str(storage),
+            "orders",
+            text,
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
