@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -64,9 +65,13 @@ class Storage:
         """Stop the helper git processes this object holds."""
         with self._read_lock:
             self._repo.close()
-        if self._repack is not None and self._repack.poll() is None:
+        repack, self._repack = self._repack, None
+        if repack is not None and repack.poll() is None:
             # Detached on purpose: a repack outlives us and cleans its own lock.
-            self._repack = None
+            # Dropping a running Popen warns (ResourceWarning); subprocess reaps it.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                del repack
 
     # ----------------------------------------------------------------- writing
 
