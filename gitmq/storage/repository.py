@@ -24,7 +24,7 @@ from pathlib import Path
 import git
 
 from gitmq import message as fmt
-from gitmq.errors import GitCommandError, NotFoundError, StorageError
+from gitmq.errors import GitCommandError, GitMQError, NotFoundError, StorageError
 from gitmq.message import Draft, Identity, Message
 from gitmq.storage import gitcli, objects, packing
 from gitmq.storage.refs import RefStore
@@ -50,6 +50,7 @@ class Storage:
         self._written_objects = 0
         self._written_packs = 0
         self._repack: subprocess.Popen[bytes] | None = None
+        self._tips: dict[str, str] = {}  # branch tips known to be commits
         objects.write_loose(self.objects_dir, objects.OBJ_TREE, b"")  # the empty tree
 
     def __repr__(self) -> str:
@@ -91,6 +92,8 @@ class Storage:
         with self.refs.locked(ref) as lock:
             stamp = now()
             parent = lock.current
+            if parent is not None and parent != self._tips.get(ref):
+                self._check_tip(ref, parent)
             bodies: list[bytes] = []
             out: list[Message] = []
             for draft in drafts:
@@ -101,7 +104,20 @@ class Storage:
                 parent = sha
             self._write_commits(bodies)
             lock.new = parent
+        if parent is not None:
+            self._tips[ref] = parent
         return out
+
+    def _check_tip(self, ref: str, tip: str) -> None:
+        """Refuse to build on a tip that is not a commit here (a ref left by a crash
+        or a partial copy): the new messages would hang off nothing, for good."""
+        try:
+            self.read_body(tip)
+        except GitMQError as exc:
+            raise StorageError(
+                f"ref {ref} points at {tip}, which is not a commit in {self.path}; "
+                f"restore it from the remote or point it at a commit with 'git update-ref'"
+            ) from exc
 
     def write_commits(self, bodies: Sequence[bytes]) -> list[str]:
         """Store raw commit bodies (sync's re-parented messages); return their ids."""
