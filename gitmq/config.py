@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 
 from gitmq import names
 from gitmq.consumer import dead_letter_queue
@@ -339,6 +340,10 @@ def _prune(sec: Section | None) -> PrunePolicy | None:
     schedule = sec.get("schedule", "1h")
     every, cron = None, None
     if isinstance(schedule, str) and len(schedule.split()) == 5:
+        try:
+            CronTrigger.from_crontab(schedule)
+        except ValueError as exc:
+            sec.fail("schedule", f"a valid cron expression ({exc})", schedule)
         cron = schedule
     else:
         try:

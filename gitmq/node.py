@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
@@ -21,6 +22,7 @@ from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
 from gitmq.handlers import command_handler, python_handler
 from gitmq.message import Message
+from gitmq.prune import PruneReport, prune_queue
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials
 from gitmq.sync import SyncReport, SyncTarget, sync_once, tracking_ref
@@ -111,6 +113,41 @@ class Node:
         log.log(level, "%s", report.line(), extra={"sync": vars(report)})
         return report
 
+    def prune(self, queue: str, now: datetime | None = None) -> PruneReport:
+        """Apply ``queue``'s prune policy once (the body the scheduler calls)."""
+        config = self.config.queues[queue]
+        assert config.prune is not None
+        report = prune_queue(
+            self.storage,
+            queue,
+            config.prune,
+            now=now or datetime.now(UTC),
+            consumers=[c.name for c in self.config.consumers.values() if c.queue == queue],
+            confirmed_ref=tracking_ref(config.remote, queue) if config.remote else None,
+        )
+        log.info("prune %s", report.line(), extra={"prune": vars(report)})
+        return report
+
+    def _schedule_prunes(self, scheduler: BackgroundScheduler) -> None:
+        for queue in self.config.queues.values():
+            policy = queue.prune
+            if policy is None:
+                continue
+            trigger = (
+                CronTrigger.from_crontab(policy.cron, timezone=UTC)
+                if policy.cron
+                else IntervalTrigger(seconds=policy.every or 3600)
+            )
+            scheduler.add_job(
+                self.prune,
+                trigger,
+                args=[queue.name],
+                id=f"prune-{queue.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+
     def deliver(self) -> int:
         """Deliver every pending confirmed message to every consumer once."""
         return sum(consumer.deliver_pending(handler) for consumer, handler in self.consumers)
@@ -146,6 +183,7 @@ class Node:
                 misfire_grace_time=None,
                 next_run_time=datetime.now(UTC),
             )
+        self._schedule_prunes(scheduler)
         if extra_jobs:
             extra_jobs(scheduler)
         for consumer, handler in self.consumers:

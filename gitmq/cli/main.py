@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gitmq import __version__, demo
-from gitmq.cli import node_cmd, queue_cmds
+from gitmq.cli import node_cmd, prune_cmd, queue_cmds
 from gitmq.cli.errors import guarded
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     queue_cmds.register(sub)
     node_cmd.register(sub)
+    prune_cmd.register(sub)
     demo.register(sub)
     return parser
 

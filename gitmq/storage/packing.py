@@ -19,8 +19,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from gitmq.errors import StorageError
 from gitmq.storage import gitcli
 
 LOCK_NAME = "gitmq-repack.lock"
@@ -39,6 +41,35 @@ def start_background(git_dir: Path) -> subprocess.Popen[bytes] | None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+@contextlib.contextmanager
+def held(git_dir: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the repack lock, waiting for a running repack to finish (pruning
+    must not interleave with a repack that could re-add what it drops)."""
+    lock = git_dir / LOCK_NAME
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - lock.stat().st_mtime > STALE_SECONDS:
+                lock.unlink()
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    f"{lock} stayed held for {timeout:g}s; if no gitmq process is running, "
+                    f"delete it"
+                ) from None
+            time.sleep(0.05)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
 
 
 def repack(git_dir: Path) -> bool:

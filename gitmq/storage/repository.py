@@ -26,7 +26,7 @@ import git
 from gitmq import message as fmt
 from gitmq.errors import GitCommandError, GitMQError, NotFoundError, StorageError
 from gitmq.message import Draft, Identity, Message
-from gitmq.storage import gitcli, objects, packing
+from gitmq.storage import gitcli, history, objects, packing
 from gitmq.storage.refs import RefStore
 
 #: Batches at least this large go into a pack of their own instead of loose files.
@@ -244,6 +244,39 @@ class Storage:
         out = gitcli.run(self.git_dir, ["rev-list", "--first-parent", "--count", *spec])
         return int(out.stdout)
 
+    def timeline(self, tip: str) -> list[tuple[str, int]]:
+        """(commit id, publish time in epoch seconds) from ``tip`` back to the
+        oldest kept message, newest first."""
+        out = gitcli.run(self.git_dir, ["log", "--first-parent", "--format=%H %at", tip])
+        pairs = (line.split() for line in out.stdout.decode().splitlines())
+        return [(sha, int(at)) for sha, at in pairs]
+
+    def drop_history(
+        self,
+        boundaries: Sequence[str],
+        *,
+        dry_run: bool = False,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> history.Dropped:
+        """Drop every message older than each boundary commit (which is kept as a
+        shallow root, so commit ids do not change)."""
+        parents = {b: _parents(self.read_body(b)) for b in boundaries}
+        if dry_run:
+            doomed: set[str] = set()
+            for boundary, ps in parents.items():
+                doomed |= history.ancestors(self.git_dir, boundary, ps)
+            return history.Dropped(len(doomed), history.disk_size(self.git_dir, doomed))
+        return history.drop(self.git_dir, parents, progress)
+
+    def disk_usage(self) -> int:
+        """Bytes the whole repository takes on disk."""
+        total = 0
+        for root, _, files in os.walk(self.git_dir):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(root, name)).st_blocks * 512
+        return total
+
     def merge_base(self, a: str, b: str) -> str | None:
         """The best common ancestor of two commits, or None when they share none."""
         proc = gitcli.run(self.git_dir, ["merge-base", a, b], check=False)
@@ -264,6 +297,11 @@ class Storage:
     def git(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
         """Run a git command in this repository (for the sync and prune layers)."""
         return gitcli.run(self.git_dir, args, **kwargs)  # type: ignore[arg-type]
+
+
+def _parents(body: bytes) -> list[str]:
+    head = body.partition(b"\n\n")[0]
+    return [ln[7:].decode() for ln in head.split(b"\n") if ln.startswith(b"parent ")]
 
 
 def _placed(draft: Draft, sha: str, parent: str | None, committer: Identity) -> Message:
@@ -303,7 +341,7 @@ def _open_or_create(path: Path, create: bool) -> Path:
     except OSError as exc:
         raise StorageError(f"cannot create storage at {path}: {exc.strerror}") from exc
     try:
-        gitcli.run(None, ["init", "--bare", "-q", str(tmp)])
+        gitcli.run(None, ["init", "--bare", "-q", "--template=", str(tmp)])
         with contextlib.suppress(OSError):  # lost the race, or path is an empty dir
             path.rmdir()
         os.rename(tmp, path)

@@ -1,0 +1,158 @@
+"""Dropping old history from a storage while every commit id stays the same.
+
+A kept commit whose parents are dropped is listed in ``$GIT_DIR/shallow`` (the
+mechanism behind ``git clone --depth``): git then treats it as a root, and
+fetch, push, rev-list and merge-base keep working on the kept history.
+
+The objects are removed without a reachability-based gc, which could delete
+an object a producer wrote a moment before moving its ref. Instead the set to
+drop is computed explicitly (the ancestors of each boundary, minus anything a
+ref still reaches); every pack that existed at the start is rewritten without
+those objects and then deleted, and loose objects are deleted only if they are
+in the set. Objects written while this runs land in new files that are never
+touched, so pruning can run beside producers, consumers and sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitmq.errors import StorageError
+from gitmq.storage import gitcli, packing
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What a drop removed (or, in a dry run, would remove)."""
+
+    commits: int
+    bytes: int
+
+
+def shallow_roots(git_dir: Path) -> set[str]:
+    try:
+        return set((git_dir / "shallow").read_text("ascii").split())
+    except FileNotFoundError:
+        return set()
+
+
+def ancestors(git_dir: Path, boundary: str, parents: Iterable[str]) -> set[str]:
+    """Every commit older than ``boundary`` (reachable from its parents)."""
+    starts = list(parents)
+    if not starts or boundary in shallow_roots(git_dir):
+        return set()
+    return set(gitcli.run(git_dir, ["rev-list", *starts]).stdout.decode().split())
+
+
+def disk_size(git_dir: Path, shas: Iterable[str]) -> int:
+    """Bytes ``shas`` take in the object store (packed or loose)."""
+    listing = "\n".join(shas)
+    if not listing:
+        return 0
+    out = gitcli.run(
+        git_dir, ["cat-file", "--batch-check=%(objectsize:disk)"], input=listing.encode()
+    ).stdout.decode()
+    return sum(int(n) for n in out.split() if n.isdigit())
+
+
+def drop(git_dir: Path, boundaries: dict[str, list[str]], progress: Progress) -> Dropped:
+    """Make each boundary (sha → its parents) a shallow root and delete what it hid."""
+    with packing.held(git_dir):
+        doomed: set[str] = set()
+        for boundary, parents in boundaries.items():
+            doomed |= ancestors(git_dir, boundary, parents)
+        if not doomed:
+            return Dropped(0, 0)
+        progress(f"dropping {len(doomed)} commits: marking the new roots shallow")
+        _add_shallow(git_dir, set(boundaries))
+        reachable = set(gitcli.run(git_dir, ["rev-list", "--all"]).stdout.decode().split())
+        doomed -= reachable
+        before = _objects_bytes(git_dir)
+        _rewrite_packs(git_dir, doomed, progress)
+        _delete_loose(git_dir, doomed)
+        if (git_dir / "logs").is_dir():
+            gitcli.run(git_dir, ["reflog", "expire", "--expire=now", "--all"])
+        return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
+
+
+def _add_shallow(git_dir: Path, roots: set[str]) -> None:
+    path = git_dir / "shallow"
+    lock = git_dir / "shallow.lock"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise StorageError(f"{lock} is held by another process; retry later") from None
+            time.sleep(0.01)
+    try:
+        lines = sorted(shallow_roots(git_dir) | roots)
+        os.write(fd, ("\n".join(lines) + "\n").encode("ascii"))
+        os.close(fd)
+        os.replace(lock, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        raise
+
+
+def _pack_objects(idx: Path) -> list[str]:
+    data = idx.read_bytes()
+    if data[:4] != b"\xfftOc" or struct.unpack(">I", data[4:8])[0] != 2:
+        raise StorageError(f"{idx} is not a version 2 pack index; run 'git repack -a -d' once")
+    count = struct.unpack(">I", data[8 + 255 * 4 : 8 + 256 * 4])[0]
+    start = 8 + 256 * 4
+    return [data[start + 20 * i : start + 20 * (i + 1)].hex() for i in range(count)]
+
+
+def _rewrite_packs(git_dir: Path, doomed: set[str], progress: Progress) -> None:
+    pack_dir = git_dir / "objects" / "pack"
+    packs = [p for p in sorted(pack_dir.glob("pack-*.idx")) if not p.with_suffix(".keep").exists()]
+    keep: set[str] = set()
+    hit = False
+    for idx in packs:
+        names = _pack_objects(idx)
+        hit = hit or any(n in doomed for n in names)
+        keep.update(n for n in names if n not in doomed)
+    if not hit:
+        return
+    progress(f"rewriting {len(packs)} packs to keep {len(keep)} objects")
+    out = gitcli.run(
+        git_dir,
+        ["pack-objects", "-q", "--delta-base-offset", str(pack_dir / "pack")],
+        input="\n".join(sorted(keep)).encode() + b"\n",
+        timeout=3600,
+    )
+    new = f"pack-{out.stdout.decode().strip()}"
+    for idx in packs:
+        if idx.stem == new:
+            continue
+        for suffix in (".idx", ".pack", ".rev", ".bitmap", ".mtimes", ".promisor"):
+            with contextlib.suppress(FileNotFoundError):
+                idx.with_suffix(suffix).unlink()
+
+
+def _delete_loose(git_dir: Path, doomed: set[str]) -> None:
+    objects = git_dir / "objects"
+    for sha in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            (objects / sha[:2] / sha[2:]).unlink()
+
+
+def _objects_bytes(git_dir: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(git_dir / "objects"):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
