@@ -151,9 +151,12 @@ class Consumer:
         seen: tuple[str | None, str | None] | None = None
         while not self._stop.is_set():
             try:
-                if self._state() != seen:
+                state = self._state()
+                if state != seen:
                     self.deliver_pending(handler)
-                    seen = self._state()
+                    # The state from *before* delivering: a message published
+                    # meanwhile moves the tip past it, so it is not missed.
+                    seen = state
                 self.last_error = None
             except Exception as exc:  # never die silently: log, back off, go on
                 self.last_error = str(exc)
