@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from apscheduler.triggers.cron import CronTrigger
@@ -153,6 +154,8 @@ class Section:
                 raise self.error(key, "is required")
             return default
         value = self.data[key]
+        if isinstance(value, list):  # e.g. a handler command: its arguments are expanded too
+            return [self._expand(key, v) if isinstance(v, str) else v for v in value]
         return self._expand(key, value) if isinstance(value, str) else value
 
     def _expand(self, key: str, value: str) -> str:
@@ -304,14 +307,24 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         ssh_config=sec.path_value("ssh_config", base),
         timeout=sec.duration("timeout", 60.0),
     )
+    secret = (
+        "secrets never go in the config file: put the token in an "
+        "environment variable and name it with token_env"
+    )
     if "token" in sec.data or "password" in sec.data:
-        raise sec.error(
-            None,
-            "secrets never go in the config file: put the token in an "
-            "environment variable and name it with token_env",
-        )
+        raise sec.error(None, secret)
+    if _has_password(remote.url):
+        raise sec.error("url", secret)  # never echo the url: it holds the secret
     sec.done()
     return remote
+
+
+def _has_password(url: str) -> bool:
+    """``https://user:TOKEN@host/...``: a secret written into the url itself."""
+    try:
+        return "://" in url and urlsplit(url).password is not None
+    except ValueError:  # not a url urllib can split; git will say what is wrong with it
+        return False
 
 
 def _queue(name: str, sec: Section, remotes: dict[str, RemoteConfig]) -> QueueConfig:
