@@ -1,0 +1,263 @@
+"""Nodes for the sync, node and cluster tests: YAML configs, real ``gitmq node`` processes,
+and what a remote holds, read with plain git.
+
+A test node lives in its own directory: ``node.yml``, its storage ``storage.git``
+(relative to the config, as a user would write it), ``node.log`` (the node's
+stderr, across restarts) and one ``CONSUMER.log`` per consumer. Each consumer's
+handler is a shell command (no Python in the loop) that appends ``ID PAYLOAD``
+to its log, so a test reads exactly what each consumer received, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import yaml
+from util import GITMQ, Result, gitmq, kill_all, lines_of, run, start, stop
+
+# The handler: the first line of the payload and the message id, appended in one write.
+_RECORD = 'IFS= read -r payload; printf "%s %s\\n" "$GITMQ_ID" "$payload" >> "$0"'
+
+
+def recorder(log: Path) -> list[str]:
+    """A handler command that appends ``ID PAYLOAD`` to ``log`` for each message."""
+    return ["/bin/sh", "-c", _RECORD, str(log)]
+
+
+def write_config(path: Path, data: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False))
+    return path
+
+
+@dataclass
+class TestNode:
+    """One node's directory, config and (when started) its ``gitmq node`` process."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    name: str
+    dir: Path
+    consumers: dict[str, str]  # consumer -> queue
+    proc: subprocess.Popen[bytes] | None = None
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "node.yml"
+
+    @property
+    def storage(self) -> Path:
+        return self.dir / "storage.git"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "node.log"
+
+    def consumer_log(self, consumer: str) -> Path:
+        return self.dir / f"{consumer}.log"
+
+    def received(self, consumer: str) -> list[str]:
+        """The ids ``consumer`` was given, in order (with repeats, if any)."""
+        return [line.split(" ", 1)[0] for line in lines_of(self.consumer_log(consumer))]
+
+    def payloads(self, consumer: str) -> list[str]:
+        return [line.split(" ", 1)[1] for line in lines_of(self.consumer_log(consumer))]
+
+    # -------------------------------------------------------------- processes
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``gitmq node --config node.yml ARGS``, its stderr going to ``node.log``."""
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        with self.log.open("ab") as log:
+            self.proc = start(
+                [*GITMQ, "node", "--config", self.config, *args], stdout=log, stderr=log
+            )
+        self.started.append(self.proc)
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return stop(self.proc, sig, timeout)
+
+    def kill(self, *, group: bool = True) -> None:
+        """SIGKILL the node; with ``group`` its git children die too (a crashed machine),
+        without it a running push may still finish (an ambiguous push)."""
+        assert self.proc is not None
+        if group:
+            kill_all([self.proc])
+        else:
+            self.proc.kill()
+            self.proc.wait()
+
+    def once(self, *args: str) -> Result:
+        """``gitmq node --config node.yml --once ARGS``."""
+        return run([*GITMQ, "node", "--config", self.config, "--once", *args], timeout=120)
+
+    def publish(self, queue: str, *payloads: str) -> None:
+        """Publish through ``gitmq publish`` into the node's storage, one process each."""
+        for payload in payloads:
+            result = gitmq("publish", self.storage, queue, payload)
+            assert result.status == 0, str(result)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def json_log(self) -> list[dict[str, Any]]:
+        """The node's log records (started with ``--log-format json``)."""
+        return [json.loads(line) for line in lines_of(self.log) if line.startswith("{")]
+
+    def sync_records(self) -> list[dict[str, Any]]:
+        """The ``sync`` field of every sync log line (needs ``--log-format json``)."""
+        return [r["sync"] for r in self.json_log() if "sync" in r]
+
+
+class Cluster:
+    """Creates test nodes under one directory and kills whatever is left at the end."""
+
+    def __init__(self, root: Path, remote_url: str) -> None:
+        self.root = root
+        self.remote_url = remote_url
+        self.nodes: list[TestNode] = []
+
+    def node(
+        self,
+        name: str,
+        consumers: Mapping[str, str] | Sequence[str] = (),
+        *,
+        queues: Sequence[str] = ("orders",),
+        interval: str = "200ms",
+        jitter: str = "50ms",
+        max_push_attempts: int = 10,
+        remote: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> TestNode:
+        """A node whose queues all sync with the remote ``central``.
+
+        ``consumers`` maps consumer names to queues; a plain list consumes the first queue.
+        """
+        wanted = (
+            dict(consumers) if isinstance(consumers, Mapping) else {c: queues[0] for c in consumers}
+        )
+        node = TestNode(name, self.root / name, wanted)
+        data: dict[str, Any] = {
+            "node": {"name": name, "identity": {"name": f"Node {name}", "email": f"{name}@test"}},
+            "storage": {"path": "storage.git"},
+            "remotes": {"central": {"url": self.remote_url, "timeout": "20s", **(remote or {})}},
+            "sync": {
+                "interval": interval,
+                "jitter": jitter,
+                "max_push_attempts": max_push_attempts,
+            },
+            "queues": {q: {"remote": "central"} for q in queues},
+            "consumers": {
+                c: {
+                    "queue": q,
+                    "handler": {"command": recorder(node.consumer_log(c))},
+                    "retry": {"max_attempts": 3, "initial_delay": "10ms", "max_delay": "100ms"},
+                }
+                for c, q in wanted.items()
+            },
+            **(extra or {}),
+        }
+        write_config(node.config, data)
+        self.nodes.append(node)
+        return node
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        kill_all([p for node in self.nodes for p in node.started])
+
+
+# ------------------------------------------------------------------ the remote, read with git
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A message on a remote branch, as plain git shows it."""
+
+    sha: str
+    parents: tuple[str, ...]
+    id: str | None
+    payload: str
+
+
+def remote_messages(repo: Path, queue: str) -> list[Landed]:
+    """The messages of ``queue`` in ``repo``, oldest first (``git log --pretty=raw``)."""
+    result = run(
+        ["git", f"--git-dir={repo}", "log", "--pretty=raw", "--reverse", f"refs/heads/{queue}"],
+        timeout=120,
+    )
+    if result.status != 0:
+        assert "unknown revision" in result.err or "bad revision" in result.err, str(result)
+        return []
+    out: list[Landed] = []
+    for chunk in result.out.split("\ncommit "):
+        lines = chunk.removeprefix("commit ").split("\n")
+        headers, body = _split_raw(lines)
+        mid = next((v for k, v in headers if k == "gitmq-id"), None)
+        parents = tuple(v for k, v in headers if k == "parent")
+        out.append(Landed(lines[0].strip(), parents, mid, body))
+    return out
+
+
+def _split_raw(lines: list[str]) -> tuple[list[tuple[str, str]], str]:
+    headers: list[tuple[str, str]] = []
+    index = 1
+    while index < len(lines) and lines[index]:
+        key, _, value = lines[index].partition(" ")
+        headers.append((key, value))
+        index += 1
+    body = [ln.removeprefix("    ") for ln in lines[index + 1 :]]
+    return headers, "\n".join(body).strip("\n")
+
+
+def landed_ids(repo: Path, queue: str = "orders") -> list[str]:
+    """The gitmq-id of every message on the remote branch, oldest first."""
+    ids = []
+    for message in remote_messages(repo, queue):
+        assert message.id is not None, f"message {message.sha} has no gitmq-id"
+        ids.append(message.id)
+    return ids
+
+
+def assert_landed_once(repo: Path, queue: str, payloads: Sequence[str]) -> list[Landed]:
+    """The remote branch is one line of messages holding exactly ``payloads``, each once."""
+    messages = remote_messages(repo, queue)
+    for index, message in enumerate(messages):
+        expected = (messages[index - 1].sha,) if index else ()
+        assert message.parents == expected, f"{message.sha} is not on one line: {message}"
+    ids = [m.id for m in messages]
+    assert len(set(ids)) == len(ids), "a message id landed twice"
+    got = [m.payload for m in messages]
+    assert len(got) == len(payloads), f"{len(got)} messages landed, expected {len(payloads)}"
+    assert sorted(got) == sorted(payloads)
+    return messages
+
+
+def in_producer_order(payloads: Sequence[str]) -> bool:
+    """Every producer's ``TAG:i`` messages appear with ``i`` increasing."""
+    last: dict[str, int] = {}
+    for payload in payloads:
+        tag, _, number = payload.rpartition(":")
+        if int(number) <= last.get(tag, -1):
+            return False
+        last[tag] = int(number)
+    return True
