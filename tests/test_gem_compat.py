@@ -16,6 +16,7 @@ import pytest
 from util import (
     EMPTY_TREE,
     GITMQ_CONSUME,
+    GITMQ_PRODUCE,
     commit_message,
     fsck,
     git,
@@ -209,11 +210,7 @@ def test_console_scripts_keep_the_gems_command_lines() -> None:
     assert scripts["gitmq-produce"] == "gitmq.cli.gem:produce_main"
     assert scripts["gitmq-consume"] == "gitmq.cli.gem:consume_main"
     assert scripts["gitmq"] == "gitmq.cli.main:main"
-    produce = ok(
-        run(
-            [*GITMQ_CONSUME[:2], "from gitmq.cli.gem import produce_main; produce_main()", "--help"]
-        )
-    )
+    produce = ok(run([*GITMQ_PRODUCE, "--help"]))
     assert produce.out.splitlines()[0] == "usage: gitmq-produce [-h] path branch"
     consume = ok(run([*GITMQ_CONSUME, "--help"]))
     assert consume.out.splitlines()[0] == "usage: gitmq-consume [-h] path branch consumer"
