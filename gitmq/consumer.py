@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from gitmq import names, seek
-from gitmq.errors import ConsumerConflictError, GitMQError
+from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer
 from gitmq.retry import RetryPolicy
+from gitmq.segments import QueueSource
 from gitmq.storage import Storage
 
 log = logging.getLogger("gitmq.consumer")
@@ -35,8 +36,10 @@ class Consumer:
     """One named consumer of one queue.
 
     ``source_ref`` is what it reads: the queue's branch by default, or the
-    remote-tracking ref of a synced queue, so that only messages confirmed by
-    the remote are delivered (docs/semantics.md).
+    remote-tracking ref of a synced queue (``refs/remotes/REMOTE/QUEUE``), so
+    that only messages confirmed by the remote are delivered
+    (docs/semantics.md). A rotating queue's segments are read one after the
+    other; their close/open markers are acknowledged, never handed out.
     """
 
     def __init__(
@@ -56,6 +59,9 @@ class Consumer:
         self.branch = names.check_queue(branch)
         self.tag_ref = names.consumer_ref(name)
         self.source_ref = source_ref or names.queue_ref(branch)
+        if not self.source_ref.endswith("/" + branch):
+            raise UsageError(f"source_ref {self.source_ref!r} must end with '/{branch}'")
+        self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.retry = retry or RetryPolicy()
         self.dead_letter = names.check_queue(dead_letter or dead_letter_queue(branch))
         self._dlq = Producer(storage, self.dead_letter, author=identity, max_payload=1 << 62)
@@ -75,14 +81,14 @@ class Consumer:
 
     def poll(self) -> Iterator[Message]:
         """The pending messages, oldest first, read lazily; the tag does not move."""
-        tip = self.storage.read_ref(self.source_ref)
-        if tip is None:
-            return iter(())
+        return (m for m in self._pending() if m.control is None)
+
+    def _pending(self) -> Iterator[Message]:
+        """Pending messages including segment markers."""
         position = self.position
-        if position == tip:
+        if position is not None and position == self.source.tip():
             return iter(())
-        shas = self.storage.commits_between(position, tip)
-        return self._checked(position, shas)
+        return self._checked(position, self.source.pending(position))
 
     def _checked(self, position: str | None, shas: list[str]) -> Iterator[Message]:
         for index, sha in enumerate(shas):
@@ -110,18 +116,16 @@ class Consumer:
                 return
 
     def _follows(self, current: str | None, message: Message) -> bool:
-        if current is None or message.parent == current:
-            return True
-        return self.storage.is_ancestor(current, message.sha)
+        return current is None or self.source.follows(current, message)
 
     def seek(self, target: str) -> str | None:
         """Move the offset: ``beginning``, ``end``, a message id or commit id,
         or an ISO time; the next delivered message is the one named (or the first
         at or after that time). Returns the new tag value."""
-        return seek.seek(self.storage, self.tag_ref, self.source_ref, target)
+        return seek.seek(self.storage, self.tag_ref, self.source, target)
 
     def seek_time(self, when: datetime) -> str | None:
-        return seek.seek_time(self.storage, self.tag_ref, self.source_ref, when)
+        return seek.seek_time(self.storage, self.tag_ref, self.source, when)
 
     # ------------------------------------------------------------ push style
 
@@ -148,7 +152,7 @@ class Consumer:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, handler: Handler) -> None:
-        seen: tuple[str | None, str | None] | None = None
+        seen: tuple[object, str | None] | None = None
         while not self._stop.is_set():
             try:
                 state = self._state()
@@ -166,14 +170,17 @@ class Consumer:
                 continue
             self._stop.wait(self.poll_interval)
 
-    def _state(self) -> tuple[str | None, str | None]:
-        """What delivery depends on: the queue's tip and our tag."""
-        return (self.storage.read_ref(self.source_ref), self.position)
+    def _state(self) -> tuple[object, str | None]:
+        """What delivery depends on: the queue's tips and our tag."""
+        return (self.source.state(), self.position)
 
     def deliver_pending(self, handler: Handler) -> int:
         """Deliver what is pending now (the body of the delivery loop); returns a count."""
         done = 0
-        for message in self.poll():
+        for message in self._pending():
+            if message.control is not None:
+                self.ack(message)  # a segment marker: nothing to handle
+                continue
             if self._stop.is_set() or not self._handle(handler, message):
                 break
             done += 1

@@ -21,6 +21,8 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 ID_HEADER = "gitmq-id"
 ENCODING_HEADER = "gitmq-encoding"
 USER_HEADER = "gitmq-header"
+CONTROL_HEADER = "gitmq-control"
+PREVIOUS_HEADER = "gitmq-previous"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _IDENT_BAD = re.compile(r"[<>\n\x00]")
 
@@ -56,6 +58,7 @@ class Message:
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     parent: str | None = None
     committer: Identity | None = None
+    control: str | None = None  # "close"/"open" segment markers; never given to handlers
 
     @property
     def text(self) -> str:
@@ -82,6 +85,7 @@ class Draft:
     author: Identity
     time: datetime
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    control: str | None = None
 
 
 def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -105,6 +109,8 @@ def encode(draft: Draft, parent: str | None, committer: Identity, now: datetime)
     lines.append(f"author {draft.author} {_git_time(draft.time)}")
     lines.append(f"committer {committer} {_git_time(now)}")
     lines.append(f"{ID_HEADER} {draft.id}")
+    if draft.control:
+        lines.append(f"{CONTROL_HEADER} {draft.control}")
     if not _is_plain(payload):
         lines.append(f"{ENCODING_HEADER} base64")
         payload = base64.b64encode(payload)
@@ -165,13 +171,23 @@ def decode(sha: str, body: bytes) -> Message:
         headers=headers,
         parent=parents[0] if parents else None,
         committer=committer,
+        control=fields.get(CONTROL_HEADER),
     )
+
+
+def control_of(body: bytes) -> str | None:
+    """The ``gitmq-control`` value of a commit body (segment markers), if any."""
+    return _header(body, CONTROL_HEADER)
 
 
 def message_id(body: bytes) -> str | None:
     """The ``gitmq-id`` of a commit body, or None when it has none."""
+    return _header(body, ID_HEADER)
+
+
+def _header(body: bytes, name: str) -> str | None:
     head = body.partition(b"\n\n")[0]
-    marker = b"\n" + ID_HEADER.encode() + b" "
+    marker = b"\n" + name.encode() + b" "
     start = head.find(marker)
     if start < 0:
         return None

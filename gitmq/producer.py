@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
-from gitmq import ids, names
+from gitmq import ids, names, segments
 from gitmq.errors import PayloadTooLargeError, UsageError
 from gitmq.message import Draft, Identity, Message, validate_headers
 from gitmq.storage import Storage
@@ -47,7 +47,7 @@ class Producer:
     def publish(self, payload: Payload, headers: Mapping[str, str] | None = None) -> Message:
         """Append one message; when this returns, the message is in the storage."""
         return self.storage.append(
-            self.ref, [self._draft(payload, headers)], self.committer, self._clock
+            self._live_ref(), [self._draft(payload, headers)], self.committer, self._clock
         )[0]
 
     def publish_many(self, items: Iterable[Item]) -> list[Message]:
@@ -60,7 +60,11 @@ class Producer:
                 drafts.append(self._draft(item, None))
         if not drafts:
             return []
-        return self.storage.append(self.ref, drafts, self.committer, self._clock)
+        return self.storage.append(self._live_ref(), drafts, self.committer, self._clock)
+
+    def _live_ref(self) -> str:
+        """The queue's branch, or its newest segment if it rotates (docs/retention.md)."""
+        return "refs/heads/" + segments.live_branch(self.storage, self.branch)
 
     def _draft(self, payload: Payload, headers: Mapping[str, str] | None) -> Draft:
         if isinstance(payload, str):

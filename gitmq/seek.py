@@ -6,44 +6,58 @@ on X's parent, and "from the beginning" deletes the tag.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from gitmq.errors import NotFoundError, UsageError
+from gitmq.message import Message
+from gitmq.segments import QueueSource
 from gitmq.storage import Storage
 
 
-def seek(storage: Storage, tag_ref: str, source_ref: str, target: str) -> str | None:
+def seek(storage: Storage, tag_ref: str, source: QueueSource, target: str) -> str | None:
     """Apply ``target`` (beginning, end, message id, commit id or ISO time)."""
-    tip = storage.read_ref(source_ref)
     if target == "beginning":
         return _set(storage, tag_ref, None)
-    if tip is None:
-        raise NotFoundError(f"queue ref {source_ref} does not exist yet; nothing to seek in")
+    tip = _tip(source)
     if target == "end":
         return _set(storage, tag_ref, tip)
     when = _parse_time(target)
     if when is not None:
-        return seek_time(storage, tag_ref, source_ref, when)
-    for message in storage.messages_between(None, tip):
+        return seek_time(storage, tag_ref, source, when)
+    for message in _messages(storage, source):
         if message.id == target or (len(target) >= 7 and message.sha.startswith(target)):
             return _set(storage, tag_ref, message.parent)
     raise NotFoundError(
-        f"no message {target!r} on {source_ref}; give a message id, a commit id, "
+        f"no message {target!r} on queue {source.queue!r}; give a message id, a commit id, "
         f"an ISO time, 'beginning' or 'end'"
     )
 
 
-def seek_time(storage: Storage, tag_ref: str, source_ref: str, when: datetime) -> str | None:
+def seek_time(storage: Storage, tag_ref: str, source: QueueSource, when: datetime) -> str | None:
     """Deliver next the first message published at or after ``when``."""
     if when.tzinfo is None:
         raise UsageError(f"time {when.isoformat()} has no time zone; add one, e.g. +00:00")
-    tip = storage.read_ref(source_ref)
-    if tip is None:
-        raise NotFoundError(f"queue ref {source_ref} does not exist yet; nothing to seek in")
-    for message in storage.messages_between(None, tip):
+    tip = _tip(source)
+    for message in _messages(storage, source):
         if message.time >= when:
             return _set(storage, tag_ref, message.parent)
     return _set(storage, tag_ref, tip)
+
+
+def _tip(source: QueueSource) -> str:
+    tip = source.tip()
+    if tip is None:
+        raise NotFoundError(f"queue {source.queue!r} does not exist yet; nothing to seek in")
+    return tip
+
+
+def _messages(storage: Storage, source: QueueSource) -> Iterator[Message]:
+    """Every data message of the queue, oldest first (segment markers skipped)."""
+    for sha in source.pending(None):
+        message = storage.read(sha)
+        if message.control is None:
+            yield message
 
 
 def _set(storage: Storage, tag_ref: str, value: str | None) -> str | None:

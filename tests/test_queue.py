@@ -500,7 +500,7 @@ def test_seek_to_the_time_publish_returned(storage: Storage) -> None:
         (
             "no-such-id",
             NotFoundError,
-            "no message 'no-such-id' on refs/heads/orders; give a message id, a commit id, "
+            "no message 'no-such-id' on queue 'orders'; give a message id, a commit id, "
             "an ISO time, 'beginning' or 'end'",
         ),
         (
@@ -511,7 +511,7 @@ def test_seek_to_the_time_publish_returned(storage: Storage) -> None:
         (
             "abc",
             NotFoundError,
-            "no message 'abc' on refs/heads/orders; give a message id, "
+            "no message 'abc' on queue 'orders'; give a message id, "
             "a commit id, an ISO time, 'beginning' or 'end'",
         ),
     ],
@@ -533,7 +533,7 @@ def test_seek_on_a_queue_that_does_not_exist(storage: Storage) -> None:
     with pytest.raises(NotFoundError) as info:
         consumer.seek("end")
     assert info.value.message == (
-        "queue ref refs/heads/orders does not exist yet; nothing to seek in"
+        "queue 'orders' does not exist yet; nothing to seek in"
     )
 
 

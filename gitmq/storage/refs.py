@@ -97,6 +97,27 @@ class RefStore:
                         found[name] = value
         return found
 
+    def list_in(self, directory: str) -> dict[str, str]:
+        """Refs directly inside ``directory`` (one level, cheap: one listdir)."""
+        found = {
+            k: v
+            for k, v in self.packed.items().items()
+            if k.startswith(directory) and "/" not in k[len(directory) :]
+        }
+        try:
+            names = os.listdir(self.git_dir / directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for name in names:
+            if name.endswith(".lock"):
+                continue
+            ref = directory + name
+            if (self.git_dir / ref).is_file():
+                value = self.read(ref)
+                if value:
+                    found[ref] = value
+        return found
+
     @contextlib.contextmanager
     def locked(self, ref: str) -> Iterator[RefLock]:
         """Hold ``ref``'s lock; whatever ``lock.new`` is set to on exit is committed."""

@@ -184,6 +184,10 @@ class Storage:
     def list_refs(self, prefix: str) -> dict[str, str]:
         return self.refs.list(prefix)
 
+    def list_refs_in(self, directory: str) -> dict[str, str]:
+        """The refs directly in ``directory`` (e.g. ``refs/heads/``), not below it."""
+        return self.refs.list_in(directory)
+
     # ---------------------------------------------------------------- reading
 
     def read_body(self, sha: str) -> bytes:
