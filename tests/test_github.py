@@ -320,9 +320,11 @@ remotes:
   mirror: {{url: "https://git.example.com/acme/mirror.git"}}
 queues:
   orders: {{remote: origin}}
-  orders.dlq: {{remote: origin}}
   audit: {{remote: mirror}}
   local-only: {{}}
+consumers:
+  billing: {{queue: orders, handler: {{command: [/bin/true]}}}}
+  auditor: {{queue: audit, handler: {{python: "x:y"}}, dead_letter: audit.failed}}
 github:
   repository: acme/queues
   base_url: {base_url}

@@ -18,6 +18,7 @@ import yaml
 
 from gitmq import github
 from gitmq.cli.errors import guarded
+from gitmq.consumer import dead_letter_queue
 from gitmq.errors import ConfigError, UsageError
 from gitmq.github import DeployKey, GithubTarget
 
@@ -89,7 +90,8 @@ def github_target_from_config(path: Path) -> GithubTarget:
 
     The queue branches are the queues whose remote's URL names the repository
     (``git@host:owner/name.git``, ``ssh://...`` or ``https://...``; the host is
-    not compared). ``key_file`` paths are relative to the config file.
+    not compared), then the dead-letter queues of their consumers, as sync
+    pushes them. ``key_file`` paths are relative to the config file.
     """
     doc = _load(path)
     section = _mapping(doc.get("github"), "github", path)
@@ -134,17 +136,24 @@ def _queue_branches(doc: dict[str, Any], repository: str, path: Path) -> tuple[s
     queues = doc.get("queues") or {}
     if not isinstance(remotes, dict) or not isinstance(queues, dict):
         raise ConfigError(f"{path}: remotes and queues must be mappings")
-    branches = tuple(
+    branches = [
         str(name)
         for name, spec in queues.items()
         if _repository_of(_remote_url(remotes, spec)) == repository.lower()
-    )
+    ]
+    consumers = doc.get("consumers") or {}
+    for spec in consumers.values() if isinstance(consumers, dict) else ():
+        # A dead-letter queue syncs with the remote of the queue it serves.
+        queue = spec.get("queue") if isinstance(spec, dict) else None
+        if queue in branches:
+            dead_letter = str(spec.get("dead_letter") or dead_letter_queue(queue))
+            branches += [] if dead_letter in branches else [dead_letter]
     if not branches:
         raise ConfigError(
             f"{path}: no queue has a remote whose url names {repository}: "
             f"nothing to set up on GitHub"
         )
-    return branches
+    return tuple(branches)
 
 
 def _remote_url(remotes: dict[str, Any], queue: object) -> str:
