@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from github import Auth, Github, GithubException, RateLimitExceededException
 from github.Branch import Branch
 from github.BranchProtection import BranchProtection
@@ -373,7 +372,7 @@ def _calling(action: str) -> Iterator[None]:
         yield
     except GithubException as exc:
         raise _translate(action, exc) from None
-    except requests.RequestException as exc:
+    except OSError as exc:  # requests' errors are OSErrors; no direct dependency on it
         raise GithubError(f"cannot reach GitHub while {action}: {exc}") from None
 
 
