@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import struct
 import tempfile
@@ -24,6 +25,8 @@ _TYPE_NAMES = {OBJ_COMMIT: b"commit", OBJ_TREE: b"tree"}
 #: Packs stay far below the 2 GiB at which an index needs 64-bit offsets.
 MAX_PACK_BYTES = 1 << 30
 
+_temp_numbers = itertools.count()
+
 
 def object_id(kind: int, body: bytes) -> str:
     """The SHA-1 object name git gives ``body`` of type ``kind``."""
@@ -32,24 +35,64 @@ def object_id(kind: int, body: bytes) -> str:
 
 
 def write_loose(objects_dir: Path, kind: int, body: bytes, *, fsync: bool = False) -> str:
-    """Store one object as a loose file (no-op if it exists) and return its name."""
+    """Store one object as a loose file (no-op if it exists) and return its name.
+
+    This is on the path of every single publish, where file metadata is the
+    whole cost, so it makes as few system calls as git does: create the
+    temporary file read-only in the fan-out directory (made only when
+    missing: ``git prune-packed`` removes empty ones), then hard-link it to
+    its name, which leaves an existing copy alone, and unlink the temporary.
+    """
     raw = _TYPE_NAMES[kind] + b" %d\x00" % len(body) + body
     sha = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
-    path = objects_dir / sha[:2] / sha[2:]
-    if path.exists():
-        return sha
-    path.parent.mkdir(exist_ok=True)
-    data = zlib.compress(raw, 1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="tmp_obj_")
+    folder = os.path.join(objects_dir, sha[:2])
+    tmp, fd = _create_temp(folder)
     try:
-        os.write(fd, data)
+        _write_all(fd, zlib.compress(raw, 1))
         if fsync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+        _unlink(tmp)
+        raise
+    os.close(fd)
+    _finalize(tmp, os.path.join(folder, sha[2:]))
     return sha
+
+
+def _create_temp(folder: str) -> tuple[str, int]:
+    """A new read-only ``tmp_obj_*`` file in ``folder`` (created if needed), open to write."""
+    while True:
+        tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{next(_temp_numbers)}")
+        try:
+            return tmp, os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+        except FileExistsError:
+            continue  # left by a killed process that had our pid: take the next name
+
+
+def _finalize(tmp: str, final: str) -> None:
+    """Give ``tmp`` its object name; an object already there wins (same content)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: rename, as git does
+        os.replace(tmp, final)
+        return
+    _unlink(tmp)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def write_pack(

@@ -27,6 +27,12 @@ from gitmq.storage import gitcli
 
 LOCK_NAME = "gitmq-repack.lock"
 STALE_SECONDS = 3600.0
+#: After a repack, go again while this many loose objects are left. Writers
+#: skip their trigger while a repack runs, so without this the objects written
+#: during the last repack of a burst would stay loose (4 KiB each) until the
+#: next burst, or for good if none comes.
+CATCH_UP_LOOSE = 100
+MAX_ROUNDS = 5
 
 
 def start_background(git_dir: Path) -> subprocess.Popen[bytes] | None:
@@ -85,15 +91,31 @@ def repack(git_dir: Path) -> bool:
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        gitcli.run(
-            git_dir,
-            ["repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index"],
-            timeout=3600,
-        )
+        for _ in range(MAX_ROUNDS):
+            gitcli.run(
+                git_dir,
+                ["repack", "-d", "-q", "--geometric=2", "--no-write-bitmap-index"],
+                timeout=3600,
+            )
+            if count_loose(git_dir / "objects") < CATCH_UP_LOOSE:
+                break
+            os.utime(lock)  # still ours: not stale
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     return True
+
+
+def count_loose(objects_dir: Path) -> int:
+    """How many loose objects ``objects_dir`` holds (temporary files not counted)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(objects_dir) as top:
+        for fanout in top:
+            if len(fanout.name) != 2 or not fanout.is_dir():
+                continue
+            with contextlib.suppress(FileNotFoundError), os.scandir(fanout.path) as files:
+                total += sum(1 for f in files if not f.name.startswith("tmp_"))
+    return total
 
 
 if __name__ == "__main__":
