@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -105,7 +106,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 count += 1
             print(f"published {count} messages to {args.queue}")
             return 0
-        payload = args.payload.encode() if args.payload is not None else sys.stdin.buffer.read()
+        # os.fsencode gives back the argument's original bytes, even if not UTF-8.
+        payload = os.fsencode(args.payload) if args.payload is not None else sys.stdin.buffer.read()
         message = producer.publish(payload, headers)
         print(message.id)
     return 0
