@@ -14,7 +14,7 @@ from typing import Any
 from gitmq import names
 from gitmq.cli.signals import stop_event_on_signals
 from gitmq.consumer import Consumer
-from gitmq.errors import UsageError
+from gitmq.errors import NotFoundError, UsageError
 from gitmq.handlers import command_handler
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer, default_identity
@@ -182,7 +182,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     with Storage(args.path, create=False) as storage:
         tip = storage.read_ref(ref)
         if tip is None:
-            raise UsageError(f"queue {args.queue!r} does not exist in {storage.path}")
+            raise NotFoundError(f"queue {args.queue!r} does not exist in {storage.path}")
         for message in storage.recent(tip, args.limit):
             if args.json:
                 print(json.dumps(message_json(message)))
