@@ -1,0 +1,544 @@
+"""The command line as a user runs it: real processes, exact output, exit codes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from util import (
+    GITMQ,
+    GITMQ_CONSUME,
+    UUID7,
+    fails,
+    gitmq,
+    gitmq_produce,
+    kill_all,
+    ok,
+    rev_parse,
+    snapshot,
+    start,
+    stop,
+    wait_for,
+)
+
+from gitmq import Consumer, Identity, Message, Producer, Storage
+
+MIB = 1024 * 1024
+
+
+def messages(path: Path, queue: str = "orders") -> list[Message]:
+    with Storage(path, create=False) as storage:
+        return list(Consumer(storage, "test-reader", queue).poll())
+
+
+def payloads(path: Path, queue: str = "orders") -> list[bytes]:
+    return [m.payload for m in messages(path, queue)]
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "q"
+
+
+# ------------------------------------------------------------------- publish
+
+
+def test_publish_an_argument_prints_the_message_id(path: Path) -> None:
+    result = ok(gitmq("publish", path, "orders", "hello world"))
+    assert result.stderr == b""
+    [line] = result.out.splitlines()
+    assert UUID7.match(line)
+    [message] = messages(path)
+    assert (message.id, message.payload) == (line, b"hello world")
+
+
+def test_publish_from_stdin_keeps_every_byte(path: Path) -> None:
+    payload = b"line 1\nline 2  \n\n\x00\xff\xfe tail\n"
+    ok(gitmq("publish", path, "orders", input=payload))
+    ok(gitmq("publish", path, "orders", input=b""))
+    assert payloads(path) == [payload, b""]
+
+
+def test_publish_an_argument_that_is_not_utf8(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", b"caf\xe9 \xff"))
+    assert payloads(path) == [b"caf\xe9 \xff"]
+
+
+def test_publish_with_headers_and_author(path: Path) -> None:
+    ok(
+        gitmq(
+            "publish",
+            path,
+            "orders",
+            '{"id": 1}',
+            "--header",
+            "content-type=application/json",
+            "--header",
+            "query=a=b&c=d",
+            "--author",
+            "Orders API <orders@example.invalid>",
+        )
+    )
+    [message] = messages(path)
+    assert message.headers == {"content-type": "application/json", "query": "a=b&c=d"}
+    assert message.author == Identity("Orders API", "orders@example.invalid")
+
+
+def test_publish_lines(path: Path) -> None:
+    result = ok(gitmq("publish", "--lines", path, "orders", input=b"one\ntwo\r\n\nlast"))
+    assert result.out == "published 4 messages to orders\n"
+    assert payloads(path) == [b"one", b"two", b"", b"last"]
+
+
+def test_publish_exactly_the_limit_and_over_it(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", input=b"x" * MIB))
+    before = snapshot(path)
+    fails(
+        gitmq("publish", path, "orders", input=b"x" * (MIB + 1)),
+        2,
+        "payload of 1048577 bytes is over the limit of 1048576 bytes for queue 'orders'; "
+        "nothing was published (raise max_payload or store large data elsewhere and "
+        "publish a reference)",
+    )
+    assert snapshot(path) == before
+    fails(
+        gitmq("publish", "--max-payload", "3", path, "orders", "four"),
+        2,
+        "payload of 4 bytes is over the limit of 3 bytes for queue 'orders'; nothing was "
+        "published (raise max_payload or store large data elsewhere and publish a reference)",
+    )
+    assert snapshot(path) == before
+    assert [len(p) for p in payloads(path)] == [MIB]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--header", "novalue"], "invalid --header 'novalue': use NAME=VALUE"),
+        (["--header", "=v"], "invalid --header '=v': use NAME=VALUE"),
+        (
+            ["--header", "a b=c"],
+            "invalid header name 'a b': use letters, digits, '.', '_' and '-'",
+        ),
+        (["--author", "nobody"], "invalid --author 'nobody': use 'Name <email>'"),
+    ],
+)
+def test_publish_bad_options_are_usage_errors_and_write_nothing(
+    path: Path, args: list[str], error: str
+) -> None:
+    ok(gitmq("publish", path, "orders", "first"))
+    before = snapshot(path)
+    fails(gitmq("publish", path, "orders", "x", *args), 2, error)
+    assert snapshot(path) == before
+
+
+# ------------------------------------------------------------------- consume
+
+
+def test_consume_drain_prints_each_payload_then_exits(path: Path) -> None:
+    for payload in ("one", "two\nlines", ""):
+        ok(gitmq("publish", path, "orders", payload))
+    result = ok(gitmq("consume", "--drain", path, "orders", "billing"))
+    assert result.stdout == b"one\ntwo\nlines\n\n"
+    assert result.stderr == b""
+    assert rev_parse(path, "refs/tags/billing") == rev_parse(path, "refs/heads/orders")
+    assert ok(gitmq("consume", "--drain", path, "orders", "billing")).stdout == b""
+    assert ok(gitmq("consume", "--drain", path, "orders", "audit")).stdout.count(b"\n") == 4
+
+
+def test_consume_json(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", '{"a": 1}', "--header", "k=v"))
+    ok(gitmq("publish", path, "orders", input=b"\x00\xff"))
+    first, second = messages(path)
+    result = ok(gitmq("consume", "--json", "--drain", path, "orders", "billing"))
+    assert [json.loads(line) for line in result.out.splitlines()] == [
+        {
+            "id": first.id,
+            "sha": first.sha,
+            "time": first.time.isoformat(),
+            "author": str(first.author),
+            "headers": {"k": "v"},
+            "payload": '{"a": 1}',
+        },
+        {
+            "id": second.id,
+            "sha": second.sha,
+            "time": second.time.isoformat(),
+            "author": str(second.author),
+            "headers": {},
+            "payload_base64": base64.b64encode(b"\x00\xff").decode(),
+        },
+    ]
+
+
+HANDLER = """\
+import base64, json, os, sys
+payload = sys.stdin.buffer.read()
+env = {k: v for k, v in os.environ.items() if k.startswith("GITMQ_")}
+out = os.path.join(sys.argv[1], env["GITMQ_ID"] + ".json")
+with open(out, "w") as fh:
+    json.dump({"argv": sys.argv[2:], "payload": base64.b64encode(payload).decode(), "env": env}, fh)
+if payload.startswith(b"exit "):
+    print("failing on purpose", file=sys.stderr)
+    sys.exit(int(payload[5:]))
+"""
+
+
+@pytest.fixture
+def handler(tmp_path: Path) -> tuple[str, Path]:
+    """An --exec command that records its argv, stdin and GITMQ_* environment."""
+    script = tmp_path / "handler.py"
+    script.write_text(HANDLER)
+    out = tmp_path / "handled"
+    out.mkdir()
+    return shlex.join([sys.executable, str(script), str(out)]), out
+
+
+def test_consume_exec_gets_payload_on_stdin_and_metadata_in_env(
+    path: Path, tmp_path: Path, handler: tuple[str, Path]
+) -> None:
+    command, out = handler
+    ok(gitmq("publish", path, "orders", "$(touch pwned-payload)", "--header", "x-y=$(touch h)"))
+    [message] = messages(path)
+    # Shell syntax in the command line is passed through literally: no shell runs.
+    exec_cmd = command + " '$(touch pwned-arg)' '; touch pwned-semicolon' \"a b\" `x`"
+    result = ok(
+        gitmq("consume", "--drain", "--exec", exec_cmd, path, "orders", "billing", cwd=tmp_path)
+    )
+    assert result.stdout == b""
+    record = json.loads((out / f"{message.id}.json").read_text())
+    assert record["argv"] == ["$(touch pwned-arg)", "; touch pwned-semicolon", "a b", "`x`"]
+    assert base64.b64decode(record["payload"]) == b"$(touch pwned-payload)"
+    assert record["env"] == {
+        "GITMQ_ID": message.id,
+        "GITMQ_SHA": message.sha,
+        "GITMQ_QUEUE": "orders",
+        "GITMQ_CONSUMER": "billing",
+        "GITMQ_AUTHOR": str(message.author),
+        "GITMQ_TIME": message.time.isoformat(),
+        "GITMQ_HEADER_X_Y": "$(touch h)",
+    }
+    assert not list(tmp_path.glob("pwned*")) and not (tmp_path / "h").exists()
+    assert not list(Path.cwd().glob("pwned*"))
+    assert rev_parse(path, "refs/tags/billing") == message.sha
+
+
+def test_consume_exec_exit_status_acks_or_dead_letters(
+    path: Path, handler: tuple[str, Path]
+) -> None:
+    command, out = handler
+    for payload in ("ok 1", "exit 3", "ok 2"):
+        ok(gitmq("publish", path, "orders", payload))
+    bad = messages(path)[1]
+    result = ok(
+        gitmq("consume", "--drain", "--max-attempts", "2", "--exec", command, path, "orders", "c")
+    )
+    assert len(list(out.iterdir())) == 3  # every message reached the command
+    assert rev_parse(path, "refs/tags/c") == rev_parse(path, "refs/heads/orders")
+    [dead] = messages(path, "orders.dlq")
+    assert dead.payload == b"exit 3"
+    assert dead.headers["dead-letter-original-id"] == bad.id
+    assert dead.headers["dead-letter-attempts"] == "2"
+    assert dead.headers["dead-letter-error"] == (
+        "HandlerFailed: handler command exited 3: failing on purpose"
+    )
+    assert "moved to dead-letter queue orders.dlq after 2 attempts" in result.err
+
+
+def test_consume_exec_of_a_missing_program_dead_letters(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "x"))
+    ok(gitmq("consume", "--drain", "--max-attempts", "1", "--exec", "no-such-program-gitmq",
+             path, "orders", "c"))  # fmt: skip
+    [dead] = messages(path, "orders.dlq")
+    assert dead.headers["dead-letter-error"] == (
+        "HandlerFailed: handler command 'no-such-program-gitmq' not found"
+    )
+
+
+def test_consume_runs_until_sigterm_and_prints_messages_as_they_arrive(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "before start"))
+    proc = start([*GITMQ, "consume", path, "orders", "billing"])
+    try:
+        tag = path / "refs/tags/billing"
+        wait_for(tag.exists, what="the first message to be consumed", procs=[proc])
+        ok(gitmq("publish", path, "orders", "while running"))
+        tip = rev_parse(path, "refs/heads/orders")
+        wait_for(lambda: rev_parse(path, "refs/tags/billing") == tip, procs=[proc])
+        assert stop(proc, signal.SIGTERM) == 0
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read() == b"before start\nwhile running\n"
+        assert proc.stderr.read() == b""
+    finally:
+        kill_all([proc])
+
+
+def test_consume_conflicting_tag_is_exit_7(path: Path) -> None:
+    ok(gitmq("publish", path, "other", "x"))
+    ok(gitmq("publish", path, "orders", "y"))
+    other = rev_parse(path, "refs/heads/other")
+    ok(gitmq("consume", "--drain", path, "other", "billing"))
+    fails(
+        gitmq("consume", "--drain", path, "orders", "billing"),
+        7,
+        f"consumer 'billing' is at {other[:12]}, which is not on queue 'orders'; "  # type: ignore[index]
+        f"reset it with 'gitmq seek' (see docs/operations.md)",
+    )
+
+
+# ----------------------------------------------------------------------- log
+
+
+@pytest.fixture
+def known(path: Path) -> list[Message]:
+    """Messages with known authors and times."""
+    from datetime import UTC, datetime
+
+    author = Identity("Orders API", "orders@example.invalid")
+    when = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    with Storage(path) as storage:
+        producer = Producer(storage, "orders", author=author, clock=lambda: when)
+        return producer.publish_many(
+            ["short", "two\n  lines\n", "", "x" * 100, b"\xff\x00", '{"id": 1}']
+        )
+
+
+def test_log_lists_newest_first_with_a_preview(path: Path, known: list[Message]) -> None:
+    result = ok(gitmq("log", path, "orders"))
+    prefix = "  2024-05-01T12:00:00+00:00  Orders API <orders@example.invalid>  "
+    assert result.out.splitlines() == [
+        f"{known[5].id}{prefix}" + '{"id": 1}',
+        f"{known[4].id}{prefix}" + "\ufffd\x00",
+        f"{known[3].id}{prefix}" + "x" * 57 + "...",
+        f"{known[2].id}{prefix}" + "''",
+        f"{known[1].id}{prefix}" + "two lines",
+        f"{known[0].id}{prefix}" + "short",
+    ]
+    limited = ok(gitmq("log", "-n", "2", path, "orders")).out.splitlines()
+    assert [line.split()[0] for line in limited] == [known[5].id, known[4].id]
+
+
+def test_log_json(path: Path, known: list[Message]) -> None:
+    lines = ok(gitmq("log", "--json", "-n", "0", path, "orders")).out.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records] == [m.id for m in reversed(known)]
+    assert records[1]["payload_base64"] == base64.b64encode(b"\xff\x00").decode()
+    assert records[0] == {
+        "id": known[5].id,
+        "sha": known[5].sha,
+        "time": "2024-05-01T12:00:00+00:00",
+        "author": "Orders API <orders@example.invalid>",
+        "headers": {},
+        "payload": '{"id": 1}',
+    }
+
+
+def test_log_of_a_missing_queue_or_storage(path: Path, tmp_path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "x"))
+    fails(gitmq("log", path, "nope"), 4, f"queue 'nope' does not exist in {path}")
+    missing = tmp_path / "missing"
+    fails(
+        gitmq("log", missing, "orders"),
+        3,
+        f"no storage at {missing}; create it first (gitmq creates it on publish)",
+    )
+    assert not missing.exists()
+
+
+# -------------------------------------------------------------------- status
+
+
+def test_status_counts_and_lag(path: Path) -> None:
+    for i in range(5):
+        ok(gitmq("publish", path, "orders", f"m{i}"))
+    ok(gitmq("publish", path, "audit/log", "a"))
+    with Storage(path) as storage:
+        sent = list(Consumer(storage, "x", "orders").poll())
+        Consumer(storage, "billing", "orders").ack(sent[1])
+        Consumer(storage, "shipping", "orders").ack(sent[4])
+    text = ok(gitmq("status", path)).out
+    assert text.splitlines() == [
+        "queues:",
+        "  audit/log: 1 messages",
+        "  orders: 5 messages",
+        "consumers:",
+        f"  billing: at {sent[1].sha[:12]} (orders lag 3)",
+        f"  shipping: at {sent[4].sha[:12]} (orders lag 0)",
+    ]
+    status = json.loads(ok(gitmq("status", "--json", path)).out)
+    assert status["path"] == str(path)
+    assert status["queues"] == [
+        {"name": "audit/log", "tip": rev_parse(path, "refs/heads/audit/log"), "messages": 1},
+        {"name": "orders", "tip": sent[4].sha, "messages": 5},
+    ]
+    assert status["consumers"] == [
+        {"name": "billing", "position": sent[1].sha, "queue": "orders", "lag": 3},
+        {"name": "shipping", "position": sent[4].sha, "queue": "orders", "lag": 0},
+    ]
+
+
+def test_status_of_something_that_is_not_a_storage(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "file").write_text("x")
+    fails(
+        gitmq("status", tmp_path / "dir"),
+        3,
+        f"storage path {tmp_path / 'dir'} is not a git repository and not empty; "
+        f"point at a GitMQ storage, an empty directory or a new path",
+    )
+
+
+# ---------------------------------------------------------------------- seek
+
+
+def test_seek_then_consume(path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    start_time = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    ticks = iter(range(100))
+    with Storage(path) as storage:
+        sent = Producer(
+            storage, "orders", clock=lambda: start_time + timedelta(seconds=next(ticks))
+        ).publish_many([f"m{i}" for i in range(6)])
+
+    def drain() -> bytes:
+        return ok(gitmq("consume", "--drain", path, "orders", "billing")).stdout
+
+    assert drain() == b"m0\nm1\nm2\nm3\nm4\nm5\n"
+    seek = ok(gitmq("seek", path, "orders", "billing", "beginning"))
+    assert seek.out == "consumer billing now at the beginning\n"
+    assert drain().startswith(b"m0\n")
+    assert ok(gitmq("seek", path, "orders", "billing", sent[3].id)).out == (
+        f"consumer billing now at {sent[2].sha[:12]}\n"
+    )
+    assert drain() == b"m3\nm4\nm5\n"
+    ok(gitmq("seek", path, "orders", "billing", sent[4].sha[:10]))
+    assert drain() == b"m4\nm5\n"
+    ok(gitmq("seek", path, "orders", "billing", "2024-05-01T12:00:05+00:00"))
+    assert drain() == b"m5\n"
+    ok(gitmq("seek", path, "orders", "billing", "2024-05-01T14:00:01+02:00"))
+    assert drain() == b"m1\nm2\nm3\nm4\nm5\n"
+    assert ok(gitmq("seek", path, "orders", "billing", "end")).out == (
+        f"consumer billing now at {sent[5].sha[:12]}\n"
+    )
+    assert drain() == b""
+
+
+def test_seek_errors_change_nothing(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "x"))
+    ok(gitmq("consume", "--drain", path, "orders", "billing"))
+    before = snapshot(path)
+    fails(
+        gitmq("seek", path, "orders", "billing", "zzzzzzz"),
+        4,
+        "no message 'zzzzzzz' on queue 'orders'; give a message id, a commit id, "
+        "an ISO time, 'beginning' or 'end'",
+    )
+    fails(
+        gitmq("seek", path, "orders", "billing", "2024-05-01T12:00:00"),
+        2,
+        "time '2024-05-01T12:00:00' has no time zone; add one, e.g. 2024-05-01T12:00:00+00:00",
+    )
+    fails(
+        gitmq("seek", path, "nope", "billing", "end"),
+        4,
+        "queue 'nope' does not exist yet; nothing to seek in",
+    )
+    assert snapshot(path) == before
+
+
+# -------------------------------------------------------- errors and --help
+
+
+def test_storage_errors_are_one_line_with_exit_3(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("precious")
+    fails(
+        gitmq("publish", file, "orders", "x"),
+        3,
+        f"storage path {file} is a file, not a directory; choose another path",
+    )
+    assert file.read_text() == "precious"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("x")
+    before = snapshot(plain)
+    for argv in (
+        ["publish", plain, "orders", "x"],
+        ["consume", "--drain", plain, "orders", "c"],
+        ["log", plain, "orders"],
+        ["seek", plain, "orders", "c", "end"],
+    ):
+        fails(
+            gitmq(*argv),
+            3,
+            f"storage path {plain} is not a git repository and not empty; "
+            f"point at a GitMQ storage, an empty directory or a new path",
+        )
+    assert snapshot(plain) == before
+
+
+def test_corrupted_ref_is_exit_3_and_changes_nothing(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "x"))
+    (path / "refs/heads/orders").write_text("not a commit id\n")
+    before = snapshot(path)
+    message = (
+        f"ref refs/heads/orders in {path} is corrupted (holds 'not a commit id'); "
+        f"restore it from the remote or point it at a commit with 'git update-ref'"
+    )
+    fails(gitmq("publish", path, "orders", "y"), 3, message)
+    fails(gitmq("consume", "--drain", path, "orders", "c"), 3, message)
+    assert snapshot(path) == before
+
+
+@pytest.mark.parametrize("command", ["", "publish", "consume", "log", "status", "seek"])
+def test_help_for_every_command(command: str) -> None:
+    argv = [command, "--help"] if command else ["--help"]
+    result = ok(gitmq(*argv))
+    assert result.out.startswith(f"usage: gitmq {command}".rstrip())
+    if not command:
+        assert "Exit codes: 0 ok, 1 failure, 2 usage, 3 storage, 4 not found" in result.out
+
+
+def test_version() -> None:
+    assert ok(gitmq("--version")).out == "gitmq 0.1.0\n"
+
+
+# ------------------------------------------------- the gem's command lines
+
+
+def test_gitmq_produce_publishes_each_line_and_exits_0_at_end_of_input(path: Path) -> None:
+    result = ok(gitmq_produce(path, "orders", input=b'first\nsecond\r\n\n{"id": 3}'))
+    assert result.out == "published 4 messages to orders\n"
+    assert payloads(path) == [b"first", b"second", b"", b'{"id": 3}']
+    assert ok(gitmq_produce(path, "orders", input=b"")).out == ("published 0 messages to orders\n")
+
+
+def test_gitmq_consume_prints_messages_and_exits_0_on_sigterm(path: Path) -> None:
+    proc = start([*GITMQ_CONSUME, path, "orders", "billing"])  # before the storage exists
+    try:
+        wait_for(lambda: (path / "HEAD").exists(), what="the storage", procs=[proc])
+        ok(gitmq_produce(path, "orders", input=b"one\ntwo\n"))
+        tip = rev_parse(path, "refs/heads/orders")
+        wait_for(lambda: rev_parse(path, "refs/tags/billing") == tip, procs=[proc])
+        assert stop(proc, signal.SIGTERM) == 0
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read() == b"one\ntwo\n"
+        assert proc.stderr.read() == b""
+    finally:
+        kill_all([proc])
+
+
+def test_gitmq_consume_exits_0_on_sigint_too(path: Path) -> None:
+    ok(gitmq("publish", path, "orders", "x"))
+    proc = start([*GITMQ_CONSUME, path, "orders", "billing"], stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (path / "refs/tags/billing").exists(), procs=[proc])
+        assert stop(proc, signal.SIGINT) == 0
+    finally:
+        kill_all([proc])
