@@ -7,6 +7,7 @@ token, or sshd; what lands on the remote is read back with plain git.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -532,3 +533,24 @@ def test_an_unknown_host_key_is_refused_clearly(
     assert report.error.endswith(
         "check the token variable or the ssh key and known_hosts of this remote"
     )
+
+
+def test_a_lock_left_by_a_killed_fetch_does_not_block_sync_forever(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    """SIGKILL while ``git fetch`` holds a tracking ref's lock leaves ``<ref>.lock`` behind."""
+    a, b = storages["a"], storages["b"]
+    url = git_daemon.url("central.git")
+    producer(b, "b").publish("b:0")
+    synced(b, target(url, "b"))
+    synced(a, target(url, "a"))
+    lock = a.git_dir / (tracking_ref(REMOTE, "orders") + ".lock")
+    lock.write_text("")
+    old = time.time() - 3600  # left an hour ago by a process that is long dead
+    os.utime(lock, (old, old))
+    producer(b, "b").publish("b:1")
+    synced(b, target(url, "b"))
+    producer(a, "a").publish("a:0")
+    report = synced(a, target(url, "a"))
+    assert (report.fetched, report.pushed_messages) == (1, 1)
+    assert_landed_once(central, "orders", ["b:0", "b:1", "a:0"])

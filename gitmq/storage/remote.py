@@ -10,14 +10,17 @@ no token ever appears in argv, in ``.git/config`` or in an error message.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shlex
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitmq.errors import RemoteError
 from gitmq.storage import gitcli
+from gitmq.storage.refs import STALE_LOCK_SECONDS
 
 _AUTH_SIGNS = (
     "authentication failed", "could not read username", "terminal prompts disabled",
@@ -131,10 +134,26 @@ def fetch(git_dir: Path, url: str, refspecs: Sequence[str], creds: Credentials) 
     """Fetch ``refspecs`` (all forced into private tracking refs); never touches tags."""
     if not refspecs:
         return
+    _clear_stale_locks(git_dir, refspecs)
     args = ["fetch", "--no-tags", "--no-write-fetch-head", "--quiet", url, *refspecs]
     status, _, err = _network(git_dir, args, url, creds)
     if status != 0:
         raise _failure(url, "fetch", err)
+
+
+def _clear_stale_locks(git_dir: Path, refspecs: Sequence[str]) -> None:
+    """Remove a ``<ref>.lock`` that a killed ``git fetch`` left on a destination ref.
+
+    git never breaks such a lock, so every later fetch into that ref would fail
+    with "cannot lock ref" and the node would stop syncing for good. A lock older
+    than the storage's stale limit belongs to a process that is gone.
+    """
+    now = time.time()
+    for spec in refspecs:
+        lock = git_dir / (spec.rpartition(":")[2] + ".lock")
+        with contextlib.suppress(FileNotFoundError):
+            if now - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+                lock.unlink()
 
 
 def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Credentials) -> None:
