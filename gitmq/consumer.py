@@ -152,6 +152,15 @@ class Consumer:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, handler: Handler) -> None:
+        try:
+            self._loop(handler)
+        except BaseException as exc:  # SystemExit from a handler: the thread ends, loudly
+            self.last_error = f"consumer thread stopped: {type(exc).__name__}: {exc}"
+            log.error(
+                "consumer %s stopped: %s: %s", self.name, type(exc).__name__, exc, exc_info=True
+            )
+
+    def _loop(self, handler: Handler) -> None:
         seen: tuple[object, str | None] | None = None
         while not self._stop.is_set():
             try:
