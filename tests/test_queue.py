@@ -532,12 +532,30 @@ def test_seek_on_a_queue_that_does_not_exist(storage: Storage) -> None:
     consumer = Consumer(storage, "billing", "orders")
     with pytest.raises(NotFoundError) as info:
         consumer.seek("end")
-    assert info.value.message == (
-        "queue 'orders' does not exist yet; nothing to seek in"
-    )
+    assert info.value.message == ("queue 'orders' does not exist yet; nothing to seek in")
 
 
 def test_seek_a_message_of_another_queue_is_not_found(storage: Storage, ten: list[Message]) -> None:
     other = Producer(storage, "other").publish("x")
     with pytest.raises(NotFoundError):
         Consumer(storage, "billing", "orders").seek(other.id)
+
+
+def test_a_handler_that_exits_stops_the_thread_loudly_and_acks_nothing(
+    storage: Storage, consumers: list[Consumer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SystemExit is not an Exception: it may end the thread, but never silently."""
+    Producer(storage, "orders").publish("one")
+
+    def exits(message: Message) -> None:
+        raise SystemExit(3)
+
+    consumer = Consumer(storage, "billing", "orders")
+    consumers.append(consumer.consume(exits))
+    wait_for(lambda: not consumer.running, what="the consumer thread to end")
+    assert consumer.last_error == "consumer thread stopped: SystemExit: 3"
+    assert any(
+        r.levelname == "ERROR" and "consumer billing stopped" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+    assert consumer.position is None
