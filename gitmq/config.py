@@ -24,6 +24,7 @@ from gitmq.errors import ConfigError, GitMQError
 from gitmq.message import Identity
 from gitmq.producer import DEFAULT_MAX_PAYLOAD
 from gitmq.retry import RetryPolicy
+from gitmq.segments import RotationPolicy
 from gitmq.units import parse_duration, parse_size
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -48,15 +49,6 @@ class PrunePolicy:
     keep_unconsumed: bool = True
     every: float | None = None  # interval schedule, seconds
     cron: str | None = None  # or a crontab expression
-
-
-@dataclass(frozen=True)
-class RotationPolicy:
-    """Remote retention: rotate the queue into segments (docs/retention.md)."""
-
-    max_messages: int | None = None
-    max_age: float | None = None
-    keep_segments: int = 1
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ class Node:
                 committer=config.identity,
                 credentials=credentials(remote, env),
                 max_attempts=config.sync.max_push_attempts,
+                rotations={
+                    q.name: q.rotate
+                    for q in config.queues.values()
+                    if q.remote == name and q.rotate is not None
+                },
             )
             for name, remote in config.remotes.items()
         }

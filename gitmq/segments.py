@@ -76,7 +76,10 @@ def close_draft(author: _Identity) -> Draft:
 
 
 def open_body(close: Message) -> bytes:
-    """The root of the segment after ``close``: the same bytes on every node."""
+    """The root of the segment after ``close``: the same bytes on every node.
+
+    It is built from the close marker's id and time only, which re-parenting
+    keeps, so it does not depend on where the close marker ended up."""
     stamp = f"{int(close.time.timestamp())} +0000"
     lines = [
         f"tree {EMPTY_TREE}",
@@ -84,7 +87,7 @@ def open_body(close: Message) -> bytes:
         f"committer {ROTATION_IDENTITY} {stamp}",
         f"{ID_HEADER} {close.id}.open",
         f"{CONTROL_HEADER} {OPEN}",
-        f"{PREVIOUS_HEADER} {close.sha}",
+        f"{PREVIOUS_HEADER} {close.id}",
     ]
     return ("\n".join(lines) + "\n\n").encode()
 

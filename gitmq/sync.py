@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gitmq import message as fmt
-from gitmq.errors import RemoteError
+from gitmq import rotation
+from gitmq.errors import ConsumerConflictError, RemoteError
 from gitmq.message import Identity
+from gitmq.segments import OPEN, QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
 
@@ -38,6 +40,11 @@ def remote_tag_ref(remote: str, consumer: str) -> str:
     return f"refs/gitmq/remotes/{remote}/tags/{consumer}"
 
 
+def fetched_ref(tracking: str) -> str:
+    """Where a fetch puts a queue's new tip until the consumer tags have caught up."""
+    return "refs/gitmq/fetched/" + tracking.removeprefix("refs/remotes/")
+
+
 @dataclass(frozen=True)
 class SyncTarget:
     """What to sync with one remote."""
@@ -49,6 +56,7 @@ class SyncTarget:
     committer: Identity
     credentials: Credentials = field(default_factory=Credentials)
     max_attempts: int = 5
+    rotations: Mapping[str, RotationPolicy] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -64,6 +72,8 @@ class SyncReport:
     pushes: int = 0
     rejections: int = 0
     tags_resumed: int = 0
+    moved_to_next_segment: int = 0
+    segments_deleted: int = 0
     conflicts: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
@@ -92,34 +102,70 @@ class _Cycle:
         self.updates: list[RefUpdate] = []
         self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
         self.message_count = 0
+        self.rotating = {
+            q: rotation.Rotating(q, p, target.remote, target.committer)
+            for q, p in target.rotations.items()
+        }
+        self.deleting: list[tuple[rotation.Rotating, str, set[str]]] = []
+
+    def branches(self, remote_refs: dict[str, str]) -> list[str]:
+        """The branches to sync: each queue, or each segment of a rotating queue."""
+        out: list[str] = []
+        for queue in self.target.queues:
+            rot = self.rotating.get(queue)
+            out += rotation.branches(self.storage, rot, remote_refs) if rot else [queue]
+        return out
 
     def run(self) -> None:
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
-        self.fetch_changed(remote_refs)
-        for queue in self.target.queues:
-            self.integrate(queue)
+        gone = self.fetch_changed(remote_refs, self.branches(remote_refs))
+        for rot in self.rotating.values():
+            self.report.moved_to_next_segment += rotation.settle(self.storage, rot, self.now())
+        for rot, branch, history in gone:
+            rotation.forget(self.storage, rot, branch, history, self.now())
+        for branch in self.branches(remote_refs):
+            self.integrate(branch)
         for consumer in self.target.consumers:
             self.reconcile_tag(consumer)
+        self.plan_deletions(remote_refs)
         if not self.updates:
             return
         push_atomic(self.storage.git_dir, self.target.url, self.updates, self.target.credentials)
         for ref, new, old in self.confirm:
             self.storage.compare_and_swap(ref, new, old)
+        for rot, branch, history in self.deleting:
+            rotation.forget(self.storage, rot, branch, history, self.now())
+            self.report.segments_deleted += 1
         self.report.pushes += 1
         self.report.pushed_messages += self.message_count
         self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in self.updates)
 
     # step 1 -----------------------------------------------------------------
-    def fetch_changed(self, remote_refs: dict[str, str]) -> None:
+    def fetch_changed(
+        self, remote_refs: dict[str, str], branches: list[str]
+    ) -> list[tuple[rotation.Rotating, str, set[str]]]:
+        """Fetch what changed; returns the segments the remote deleted."""
         t, storage = self.target, self.storage
         specs: list[str] = []
         before: dict[str, str | None] = {}
-        for queue in t.queues:
-            ref, mine = f"refs/heads/{queue}", tracking_ref(t.remote, queue)
+        gone = []
+        for branch in branches:
+            ref, mine = f"refs/heads/{branch}", tracking_ref(t.remote, branch)
             theirs, known = remote_refs.get(ref), storage.read_ref(mine)
             if theirs and theirs != known:
-                specs.append(f"+{ref}:{mine}")
+                specs.append(f"+{ref}:{fetched_ref(mine)}")
                 before[mine] = known
+            elif theirs is None and known is not None:
+                rot = next(
+                    (
+                        r
+                        for q, r in self.rotating.items()
+                        if branch != q and segment_number(q, branch)
+                    ),
+                    None,
+                )
+                if rot is not None:  # a segment another node deleted
+                    gone.append((rot, branch, set(storage.commits_between(None, known))))
         for consumer in t.consumers:
             ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
             theirs, known = remote_refs.get(ref), storage.read_ref(mine)
@@ -128,9 +174,54 @@ class _Cycle:
             elif theirs is None and known is not None:
                 storage.delete_ref(mine, known)  # deleted on the remote (a seek elsewhere)
         fetch(storage.git_dir, t.url, specs, t.credentials)
-        for mine, known in before.items():
-            tip = storage.read_ref(mine)
-            self.report.fetched += storage.count(known, tip) if tip else 0
+        self.resume_tags()
+        for mine, known in before.items():  # only now may consumers see the new messages
+            tip = storage.read_ref(fetched_ref(mine))
+            if tip and storage.compare_and_swap(mine, tip, known):
+                storage.delete_ref(fetched_ref(mine), tip)
+                self.report.fetched += storage.count(known, tip)
+        return gone
+
+    def before(self, a: str, b: str) -> bool:
+        """Whether consumer position ``a`` is at or before ``b`` in queue order
+        (across segments of a rotating queue)."""
+        if self.storage.is_ancestor(a, b):
+            return True
+        for rot in self.rotating.values():
+            source = QueueSource(self.storage, rot.queue, rot.tracking_prefix)
+            found = list(source.state())
+            if len(found) < 2:
+                continue
+            try:
+                return source.segment_index(a, found) < source.segment_index(b, found)
+            except ConsumerConflictError:
+                continue
+        return False
+
+    def plan_deletions(self, remote_refs: dict[str, str]) -> None:
+        """Delete expired segments on the remote (in the same atomic push)."""
+        tags = [sha for ref, sha in remote_refs.items() if ref.startswith("refs/tags/")]
+        tags += self.storage.list_refs("refs/tags/").values()
+        for rot in self.rotating.values():
+            for branch, tip, history in rotation.expired(self.storage, rot, tags, self.now()):
+                self.updates.append(RefUpdate("", f"refs/heads/{branch}", lease=tip, delete=True))
+                self.deleting.append((rot, branch, history))
+
+    def resume_tags(self) -> None:
+        """Fast-forward local consumer tags to the remote's before the fetched messages
+        become visible: a consumer that saw them first would redeliver what the cluster
+        already finished (a node redeployed on an empty disk would start over)."""
+        storage = self.storage
+        for consumer in self.target.consumers:
+            tag = f"refs/tags/{consumer}"
+            local = storage.read_ref(tag)
+            theirs = storage.read_ref(remote_tag_ref(self.target.remote, consumer))
+            if theirs is None or local == theirs:
+                continue
+            if (local is None or storage.is_ancestor(local, theirs)) and (
+                storage.compare_and_swap(tag, theirs, local)
+            ):
+                self.report.tags_resumed += 1
 
     # step 2 -----------------------------------------------------------------
     def integrate(self, queue: str) -> None:
@@ -169,6 +260,8 @@ class _Cycle:
         for sha in storage.commits_between(base, local):
             body = storage.read_body(sha)
             mid = fmt.message_id(body)
+            if fmt.control_of(body) == OPEN:
+                continue  # a segment's root stays a root; the remote has its own
             if mid and mid in landed:
                 dropped += 1
                 continue
@@ -194,12 +287,12 @@ class _Cycle:
         local, theirs = storage.read_ref(tag), storage.read_ref(mine)
         if local == theirs:
             return
-        if local is None or (theirs is not None and storage.is_ancestor(local, theirs)):
+        if local is None or (theirs is not None and self.before(local, theirs)):
             assert theirs is not None  # local == theirs returned above
             if storage.compare_and_swap(tag, theirs, local):
                 self.report.tags_resumed += 1
             return
-        if theirs is None or storage.is_ancestor(theirs, local):
+        if theirs is None or self.before(theirs, local):
             self.updates.append(RefUpdate(local, tag, lease=theirs or ""))
             self.confirm.append((mine, local, theirs))
             return

@@ -73,14 +73,26 @@ def drop(git_dir: Path, boundaries: dict[str, list[str]], progress: Progress) ->
             return Dropped(0, 0)
         progress(f"dropping {len(doomed)} commits: marking the new roots shallow")
         _add_shallow(git_dir, set(boundaries))
-        reachable = set(gitcli.run(git_dir, ["rev-list", "--all"]).stdout.decode().split())
-        doomed -= reachable
-        before = _objects_bytes(git_dir)
-        _rewrite_packs(git_dir, doomed, progress)
-        _delete_loose(git_dir, doomed)
-        if (git_dir / "logs").is_dir():
-            gitcli.run(git_dir, ["reflog", "expire", "--expire=now", "--all"])
-        return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
+        return _remove(git_dir, doomed, progress)
+
+
+def drop_unreferenced(git_dir: Path, candidates: set[str], progress: Progress) -> Dropped:
+    """Delete the ``candidates`` no ref reaches any more (a deleted segment)."""
+    with packing.held(git_dir):
+        return _remove(git_dir, set(candidates), progress)
+
+
+def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
+    reachable = set(gitcli.run(git_dir, ["rev-list", "--all"]).stdout.decode().split())
+    doomed -= reachable
+    if not doomed:
+        return Dropped(0, 0)
+    before = _objects_bytes(git_dir)
+    _rewrite_packs(git_dir, doomed, progress)
+    _delete_loose(git_dir, doomed)
+    if (git_dir / "logs").is_dir():
+        gitcli.run(git_dir, ["reflog", "expire", "--expire=now", "--all"])
+    return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
 
 
 def _add_shallow(git_dir: Path, roots: set[str]) -> None:

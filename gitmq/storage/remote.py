@@ -80,6 +80,7 @@ class RefUpdate:
     sha: str
     ref: str
     lease: str | None = None
+    delete: bool = False
 
 
 def _network(
@@ -161,7 +162,10 @@ def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Cr
     args = ["push", "--atomic", "--porcelain", "--no-verify"]
     specs = []
     for update in updates:
-        if update.lease is None:
+        if update.delete:
+            args.append(f"--force-with-lease={update.ref}:{update.lease or ''}")
+            specs.append(f":{update.ref}")
+        elif update.lease is None:
             specs.append(f"{update.sha}:{update.ref}")
         else:
             args.append(f"--force-with-lease={update.ref}:{update.lease}")

@@ -272,6 +272,24 @@ class Storage:
             return history.Dropped(len(doomed), history.disk_size(self.git_dir, doomed))
         return history.drop(self.git_dir, parents, progress)
 
+    def drop_commits(self, shas: set[str]) -> history.Dropped:
+        """Delete these commits from disk where no ref reaches them any more."""
+        return history.drop_unreferenced(self.git_dir, shas, lambda _: None)
+
+    def append_bodies(
+        self, ref: str, bodies: Sequence[bytes], committer: Identity, now: datetime
+    ) -> list[str]:
+        """Re-parent raw message bodies onto the tip of ``ref`` and move it (one CAS)."""
+        with self.refs.locked(ref) as lock:
+            parent, placed = lock.current, []
+            for body in bodies:
+                moved = fmt.reparent(body, parent, committer, now)
+                placed.append(moved)
+                parent = self.commit_id(moved)
+            self._write_commits(placed)
+            lock.new = parent
+        return [self.commit_id(b) for b in placed]
+
     def disk_usage(self) -> int:
         """Bytes the whole repository takes on disk."""
         total = 0

@@ -1,0 +1,238 @@
+"""Remote retention: rotating a queue into segments during sync (docs/retention.md).
+
+Runs inside one sync cycle, on local branches, after the fetch and before the
+push, so whatever it changes goes out in the cycle's one atomic push:
+
+- ``settle``: close the live segment when the policy says it is full, make
+  sure every closed segment has its successor (the open marker every node
+  derives the same way), and move anything published after a segment's first
+  close marker on to the next segment;
+- ``expired``: the closed segments that may be deleted on the remote: older
+  than the policy, beyond ``keep_segments``, and no consumer tag inside;
+- ``forget``: after a segment is gone from the remote, drop it locally.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from gitmq import message as fmt
+from gitmq.message import Identity
+from gitmq.segments import (
+    CLOSE,
+    RotationPolicy,
+    close_draft,
+    open_body,
+    segment_branch,
+    segment_number,
+    segments,
+)
+from gitmq.storage import Storage
+
+log = logging.getLogger("gitmq.rotation")
+
+
+@dataclass
+class Rotating:
+    """One rotating queue of a sync target."""
+
+    queue: str
+    policy: RotationPolicy
+    remote: str
+    committer: Identity
+
+    @property
+    def tracking_prefix(self) -> str:
+        return f"refs/remotes/{self.remote}/"
+
+    def confirmed(self, storage: Storage) -> list[tuple[int, str]]:
+        return segments(storage, self.queue, self.tracking_prefix)
+
+    def local(self, storage: Storage) -> list[tuple[int, str]]:
+        return segments(storage, self.queue)
+
+
+def branches(storage: Storage, rot: Rotating, remote_refs: Iterable[str]) -> list[str]:
+    """Every segment branch of the queue known locally, as tracked, or on the remote."""
+    numbers = {n for n, _ in rot.local(storage)} | {n for n, _ in rot.confirmed(storage)}
+    for ref in remote_refs:
+        if ref.startswith("refs/heads/"):
+            number = segment_number(rot.queue, ref[len("refs/heads/") :])
+            if number is not None:
+                numbers.add(number)
+    numbers.add(0)
+    return [segment_branch(rot.queue, n) for n in sorted(numbers)]
+
+
+def settle(storage: Storage, rot: Rotating, now: datetime) -> int:
+    """Close the live segment if due and move misplaced messages on; returns moved."""
+    _close_if_due(storage, rot, now)
+    moved = 0
+    confirmed = {n for n, _ in rot.confirmed(storage)}
+    for number, tip in rot.local(storage):
+        if number >= 1 and number not in confirmed and any(n > number for n in confirmed):
+            # Made here but never pushed, and the queue moved past it meanwhile.
+            moved += _evacuate(storage, rot, number, tip, set(), now)
+        else:
+            moved += _carry_over(storage, rot, number, now)
+    return moved
+
+
+def _close_if_due(storage: Storage, rot: Rotating, now: datetime) -> None:
+    confirmed = dict(rot.confirmed(storage))
+    local = rot.local(storage)
+    if not local:
+        return
+    number, local_tip = local[-1]
+    tip = confirmed.get(number)
+    if tip is None or _is_close(storage, tip):
+        return
+    if any(_is_close(storage, sha) for sha in storage.commits_between(tip, local_tip)):
+        return  # already closing: the marker waits for the push
+    count = storage.count(None, tip)
+    due = rot.policy.max_messages is not None and count >= rot.policy.max_messages
+    if rot.policy.max_age is not None:
+        root = storage.commits_between(None, tip)[0] if count else tip
+        due = due or now.timestamp() - storage.read(root).time.timestamp() >= rot.policy.max_age
+    if due:
+        storage.append(
+            "refs/heads/" + segment_branch(rot.queue, number),
+            [close_draft(rot.committer)],
+            rot.committer,
+            lambda: now,
+        )
+        log.info("rotation: closing segment %d of %s after %d messages", number, rot.queue, count)
+
+
+def _carry_over(storage: Storage, rot: Rotating, number: int, now: datetime) -> int:
+    """Keep segment ``number`` ending at its first close; move the rest on."""
+    ref = "refs/heads/" + segment_branch(rot.queue, number)
+    tracking = rot.tracking_prefix + segment_branch(rot.queue, number)
+    while True:
+        local, confirmed = storage.read_ref(ref), storage.read_ref(tracking)
+        if local is None or local == confirmed:
+            if confirmed is not None and _is_close(storage, confirmed):
+                _successor(storage, rot, number, confirmed)
+            return 0
+        unpushed = storage.commits_between(confirmed, local)
+        if confirmed is not None and _is_close(storage, confirmed):
+            keep, close = [], confirmed
+        else:
+            first = next((i for i, sha in enumerate(unpushed) if _is_close(storage, sha)), None)
+            if first is None:
+                return 0
+            keep, close = unpushed[: first + 1], unpushed[first]
+        moved = _move(
+            storage, rot, unpushed[len(keep) :], _successor(storage, rot, number, close), now
+        )
+        end = keep[-1] if keep else confirmed
+        assert end is not None  # keep is empty only when the confirmed tip is a close
+        if storage.compare_and_swap(ref, end, local):
+            return moved
+        # a producer appended meanwhile: go round; ids already moved are skipped
+
+
+def _successor(storage: Storage, rot: Rotating, number: int, close_sha: str) -> str:
+    """Where messages after segment ``number``'s close go: the next segment, made
+    from the close marker if ``number`` is the newest, else the live segment."""
+    if _newest(storage, rot) > number:
+        return _live_ref(storage, rot)
+    ref = "refs/heads/" + segment_branch(rot.queue, number + 1)
+    root = storage.write_commits([open_body(storage.read(close_sha))])[0]
+    storage.compare_and_swap(ref, root, None)
+    return ref
+
+
+def _newest(storage: Storage, rot: Rotating) -> int:
+    known = rot.local(storage) + rot.confirmed(storage)
+    return max((n for n, _ in known), default=0)
+
+
+def _live_ref(storage: Storage, rot: Rotating) -> str:
+    """The newest segment's local branch (started from the remote's copy if needed)."""
+    branch = segment_branch(rot.queue, _newest(storage, rot))
+    ref = "refs/heads/" + branch
+    confirmed = storage.read_ref(rot.tracking_prefix + branch)
+    if storage.read_ref(ref) is None and confirmed is not None:
+        storage.compare_and_swap(ref, confirmed, None)
+    return ref
+
+
+def _evacuate(
+    storage: Storage, rot: Rotating, number: int, tip: str, landed: set[str], now: datetime
+) -> int:
+    """Move a dead segment's messages that never landed to the live segment, then drop
+    the local branch."""
+    ref = "refs/heads/" + segment_branch(rot.queue, number)
+    shas = [s for s in storage.commits_between(None, tip) if s not in landed]
+    storage.delete_ref(ref, tip)
+    return _move(storage, rot, shas, _live_ref(storage, rot), now)
+
+
+def _move(storage: Storage, rot: Rotating, shas: list[str], target: str, now: datetime) -> int:
+    """Append the data messages among ``shas`` to ``target``, skipping ids already there."""
+    tip = storage.read_ref(target)
+    present = (
+        {fmt.message_id(storage.read_body(s)) for s in storage.commits_between(None, tip)}
+        if tip
+        else set()
+    )
+    bodies = []
+    for sha in shas:
+        body = storage.read_body(sha)
+        if fmt.control_of(body) is None and fmt.message_id(body) not in present:
+            bodies.append(body)
+    if bodies:
+        storage.append_bodies(target, bodies, rot.committer, now)
+    return len(bodies)
+
+
+def expired(
+    storage: Storage, rot: Rotating, tags: Iterable[str], now: datetime
+) -> list[tuple[str, str, set[str]]]:
+    """Closed segments to delete on the remote: (branch, tip, its commits).
+
+    A segment goes only when every consumer tag on the queue is in a later
+    segment, it is beyond the newest ``keep_segments`` closed ones, and (with
+    ``max_age``) it closed longer ago than that. Segment 0 is never deleted."""
+    confirmed = rot.confirmed(storage)
+    histories = {n: set(storage.commits_between(None, tip)) for n, tip in confirmed}
+    positions = set(tags)
+    inside = [n for n, history in histories.items() if positions & history]
+    earliest_reader = min(inside, default=max(histories, default=0))
+    numbers = [n for n, _ in confirmed]
+    closed = [
+        (n, tip)
+        for n, tip in confirmed
+        if 1 <= n < earliest_reader and n + 1 in numbers and _is_close(storage, tip)
+    ]
+    out = []
+    for number, tip in closed[: max(0, len(closed) - rot.policy.keep_segments)]:
+        if rot.policy.max_age is not None and (
+            now.timestamp() - storage.read(tip).time.timestamp() < rot.policy.max_age
+        ):
+            break
+        out.append((segment_branch(rot.queue, number), tip, histories[number]))
+    return out
+
+
+def forget(storage: Storage, rot: Rotating, branch: str, history: set[str], now: datetime) -> int:
+    """Drop a segment the remote no longer has: its refs, then its objects. Local
+    messages on it that never landed move to the live segment first."""
+    number = segment_number(rot.queue, branch)
+    assert number is not None and number >= 1
+    tracking = rot.tracking_prefix + branch
+    value = storage.read_ref(tracking)
+    if value is not None:
+        storage.delete_ref(tracking, value)
+    local = storage.read_ref("refs/heads/" + branch)
+    if local is not None:
+        _evacuate(storage, rot, number, local, history, now)
+    return storage.drop_commits(history).commits
+
+
+def _is_close(storage: Storage, sha: str) -> bool:
+    return fmt.control_of(storage.read_body(sha)) == CLOSE
