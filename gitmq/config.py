@@ -496,6 +496,8 @@ def _deploy_key(sec: Section, base: Path) -> DeployKeyConfig:
             key = key_file.read_text().strip()
         except OSError as exc:
             raise sec.error("key_file", f"cannot read {key_file}: {exc.strerror}") from None
+    if len(key.split()) < 2:
+        sec.fail(None, "'key: \"ssh-ed25519 AAAA... comment\"' or 'key_file: FILE.pub'", key)
     return DeployKeyConfig(title, key)
 
 

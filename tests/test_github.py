@@ -355,7 +355,7 @@ def test_target_from_node_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "error"),
     [
-        ("queues: {}\n", "node.yml: github: expected a mapping, found None"),
+        ("queues: {}\n", "node.yml: github: is required for 'gitmq github'"),
         (
             "github: {repository: queues}\n",
             "node.yml: github.repository: expected 'owner/name', found 'queues'",
@@ -373,7 +373,7 @@ def test_target_from_node_config(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_file_and_key(tmp_path: Path, text: str, error: str) -> None:
-    (tmp_path / "node.yml").write_text(text)
+    (tmp_path / "node.yml").write_text("node: {name: n}\nstorage: {path: s}\n" + text)
     with pytest.raises(ConfigError) as info:
         github_target_from_config(tmp_path / "node.yml")
     assert info.value.message == f"{tmp_path}/{error}"

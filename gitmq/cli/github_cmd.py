@@ -12,13 +12,10 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from gitmq import config as node_config
 from gitmq import github
 from gitmq.cli.errors import guarded
-from gitmq.consumer import dead_letter_queue
 from gitmq.errors import ConfigError, UsageError
 from gitmq.github import DeployKey, GithubTarget
 
@@ -80,9 +77,7 @@ def _token(name: str) -> str:
     return token
 
 
-# --- reading the node config --------------------------------------------------
-# Deliberately small and isolated: it reads only the keys it needs and will be
-# replaced by the validated config module (gitmq.config).
+# --- from the node config -----------------------------------------------------
 
 
 def github_target_from_config(path: Path) -> GithubTarget:
@@ -91,75 +86,28 @@ def github_target_from_config(path: Path) -> GithubTarget:
     The queue branches are the queues whose remote's URL names the repository
     (``git@host:owner/name.git``, ``ssh://...`` or ``https://...``; the host is
     not compared), then the dead-letter queues of their consumers, as sync
-    pushes them. ``key_file`` paths are relative to the config file.
+    pushes them. A rotating queue's later segments are made by the nodes.
     """
-    doc = _load(path)
-    section = _mapping(doc.get("github"), "github", path)
-    repository = section.get("repository")
-    if not isinstance(repository, str) or repository.count("/") != 1 or "" in repository.split("/"):
-        raise ConfigError(f"{path}: github.repository: expected 'owner/name', found {repository!r}")
-    keys = section.get("deploy_keys") or []
-    if not isinstance(keys, list):
-        raise ConfigError(f"{path}: github.deploy_keys: expected a list, found {keys!r}")
-    base_url = section.get("base_url", GithubTarget.base_url)
-    private = section.get("private", True)
-    if not isinstance(base_url, str) or not isinstance(private, bool):
-        raise ConfigError(f"{path}: github.base_url must be a URL and github.private true/false")
-    deploy_keys = tuple(_deploy_key(item, n, path) for n, item in enumerate(keys))
-    return GithubTarget(
-        repository=repository,
-        branches=_queue_branches(doc, repository, path),
-        deploy_keys=deploy_keys,
-        private=private,
-        base_url=base_url,
-    )
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return _mapping(doc, "the document", path)
-
-
-def _mapping(value: object, where: str, path: Path) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: {where}: expected a mapping, found {value!r}")
-    return value
-
-
-def _queue_branches(doc: dict[str, Any], repository: str, path: Path) -> tuple[str, ...]:
-    remotes = doc.get("remotes") or {}
-    queues = doc.get("queues") or {}
-    if not isinstance(remotes, dict) or not isinstance(queues, dict):
-        raise ConfigError(f"{path}: remotes and queues must be mappings")
-    branches = [
-        str(name)
-        for name, spec in queues.items()
-        if _repository_of(_remote_url(remotes, spec)) == repository.lower()
-    ]
-    consumers = doc.get("consumers") or {}
-    for spec in consumers.values() if isinstance(consumers, dict) else ():
-        # A dead-letter queue syncs with the remote of the queue it serves.
-        queue = spec.get("queue") if isinstance(spec, dict) else None
-        if queue in branches:
-            dead_letter = str(spec.get("dead_letter") or dead_letter_queue(queue))
-            branches += [] if dead_letter in branches else [dead_letter]
+    config = node_config.load(path)
+    if config.github is None:
+        raise ConfigError(f"{path}: github: is required for 'gitmq github'")
+    repository = config.github.repository
+    branches: list[str] = []
+    for name, remote in config.remotes.items():
+        if _repository_of(remote.url) == repository.lower():
+            branches += [q for q in config.synced_queues(name) if q not in branches]
     if not branches:
         raise ConfigError(
             f"{path}: no queue has a remote whose url names {repository}: "
             f"nothing to set up on GitHub"
         )
-    return tuple(branches)
-
-
-def _remote_url(remotes: dict[str, Any], queue: object) -> str:
-    remote = remotes.get(str(queue.get("remote"))) if isinstance(queue, dict) else None
-    url = remote.get("url") if isinstance(remote, dict) else None
-    return url if isinstance(url, str) else ""
+    return GithubTarget(
+        repository=repository,
+        branches=tuple(branches),
+        deploy_keys=tuple(DeployKey(k.title, k.key) for k in config.github.deploy_keys),
+        private=config.github.private,
+        base_url=config.github.base_url,
+    )
 
 
 def _repository_of(url: str) -> str:
@@ -167,27 +115,6 @@ def _repository_of(url: str) -> str:
     # scp-like URLs have no scheme: git@github.com:owner/name.git
     repo_path = urllib.parse.urlsplit(url).path if "://" in url else url.partition(":")[2]
     return repo_path.strip("/").removesuffix(".git").lower()
-
-
-def _deploy_key(item: object, index: int, path: Path) -> DeployKey:
-    where = f"github.deploy_keys[{index}]"
-    entry = _mapping(item, where, path)
-    title, key, key_file = entry.get("title"), entry.get("key"), entry.get("key_file")
-    if not isinstance(title, str) or not title:
-        raise ConfigError(f"{path}: {where}.title: expected a name, found {title!r}")
-    if isinstance(key_file, str) and key is None:
-        try:
-            key = (path.parent / key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"{path}: {where}.key_file: cannot read {key_file}: {exc.strerror}"
-            ) from None
-    if not isinstance(key, str) or len(key.split()) < 2:
-        raise ConfigError(
-            f"{path}: {where}: expected 'key: \"ssh-ed25519 AAAA... comment\"' or 'key_file: "
-            f"FILE.pub', found {key!r}"
-        )
-    return DeployKey(title, key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

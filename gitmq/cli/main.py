@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gitmq import __version__, demo
-from gitmq.cli import node_cmd, prune_cmd, queue_cmds
+from gitmq.cli import github_cmd, node_cmd, prune_cmd, queue_cmds
 from gitmq.cli.errors import guarded
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue_cmds.register(sub)
     node_cmd.register(sub)
     prune_cmd.register(sub)
+    github_cmd.register(sub)
     demo.register(sub)
     return parser
 
