@@ -261,3 +261,21 @@ def in_producer_order(payloads: Sequence[str]) -> bool:
             return False
         last[tag] = int(number)
     return True
+
+
+def git_children(pid: int, command: str) -> list[int]:
+    """Pids of running ``git ... COMMAND ...`` processes started by process ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        mine = int(fields[1]) == pid and fields[0] != "Z"
+        if mine and argv[:1] == [b"git"] and command.encode() in argv:
+            found.append(int(entry.name))
+    return found

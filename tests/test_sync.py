@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from nodes import assert_landed_once, in_producer_order, landed_ids, remote_messages
 from servers import GitDaemon, SmartHttp, SshServer, make_bare
-from util import commit_body, fsck, git, rev_parse
+from util import commit_body, fsck, git, rev_parse, wait_for
 
 from gitmq import Consumer, Identity, Producer, Storage
 from gitmq.storage.remote import Credentials
@@ -206,6 +206,32 @@ def test_tags_are_pushed_and_a_new_node_resumes_from_them(
     report = synced(fresh, target(url, "fresh", consumers=("billing",)))
     assert report.tags_resumed == 1 and report.pushes == 0
     assert [m.id for m in consumer(fresh, "billing").poll()] == [m.id for m in sent[3:]]
+
+
+def test_a_running_consumer_on_a_new_node_never_redelivers_what_the_cluster_finished(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    """The consumer runs while the first sync fetches: it must see the remote tag
+    before it sees the messages, or it would start again from the beginning."""
+    a, fresh = storages["a"], storages["fresh"]
+    url = git_daemon.url("central.git")
+    sent = [producer(a, "a").publish(f"m{i}") for i in range(20)]
+    synced(a, target(url, "a", consumers=("billing",)))
+    billing = consumer(a, "billing")
+    for message in list(billing.poll())[:15]:
+        billing.ack(message)
+    synced(a, target(url, "a", consumers=("billing",)))
+
+    got: list[str] = []
+    running = Consumer(
+        fresh, "billing", "orders", source_ref=tracking_ref(REMOTE, "orders"), poll_interval=0.001
+    ).consume(lambda m: got.append(m.id))
+    try:
+        synced(fresh, target(url, "fresh", consumers=("billing",)))
+        wait_for(lambda: len(got) >= 5, what="the five unfinished messages")
+    finally:
+        running.stop()
+    assert got == [m.id for m in sent[15:]]
 
 
 def test_a_tag_behind_the_remote_fast_forwards_and_never_moves_the_remote_back(
