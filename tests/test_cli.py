@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from util import (
 from gitmq import Consumer, Identity, Message, Producer, Storage
 
 MIB = 1024 * 1024
+NOON = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def messages(path: Path, queue: str = "orders") -> list[Message]:
@@ -39,6 +41,19 @@ def messages(path: Path, queue: str = "orders") -> list[Message]:
 
 def payloads(path: Path, queue: str = "orders") -> list[bytes]:
     return [m.payload for m in messages(path, queue)]
+
+
+def publish(path: Path, *items: str | bytes, queue: str = "orders") -> list[Message]:
+    """Set-up through the API: the CLI's own publishing is tested on its own."""
+    with Storage(path) as storage:
+        return Producer(storage, queue).publish_many(items)
+
+
+def ack_all(path: Path, queue: str, consumer: str) -> None:
+    with Storage(path) as storage:
+        reader = Consumer(storage, consumer, queue)
+        for message in reader.poll():
+            reader.ack(message)
 
 
 @pytest.fixture
@@ -132,7 +147,7 @@ def test_publish_exactly_the_limit_and_over_it(path: Path) -> None:
 def test_publish_bad_options_are_usage_errors_and_write_nothing(
     path: Path, args: list[str], error: str
 ) -> None:
-    ok(gitmq("publish", path, "orders", "first"))
+    publish(path, "first")
     before = snapshot(path)
     fails(gitmq("publish", path, "orders", "x", *args), 2, error)
     assert snapshot(path) == before
@@ -142,8 +157,7 @@ def test_publish_bad_options_are_usage_errors_and_write_nothing(
 
 
 def test_consume_drain_prints_each_payload_then_exits(path: Path) -> None:
-    for payload in ("one", "two\nlines", ""):
-        ok(gitmq("publish", path, "orders", payload))
+    publish(path, "one", "two\nlines", "")
     result = ok(gitmq("consume", "--drain", path, "orders", "billing"))
     assert result.stdout == b"one\ntwo\nlines\n\n"
     assert result.stderr == b""
@@ -153,9 +167,9 @@ def test_consume_drain_prints_each_payload_then_exits(path: Path) -> None:
 
 
 def test_consume_json(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", '{"a": 1}', "--header", "k=v"))
-    ok(gitmq("publish", path, "orders", input=b"\x00\xff"))
-    first, second = messages(path)
+    with Storage(path) as storage:
+        producer = Producer(storage, "orders")
+        first, second = producer.publish('{"a": 1}', {"k": "v"}), producer.publish(b"\x00\xff")
     result = ok(gitmq("consume", "--json", "--drain", path, "orders", "billing"))
     assert [json.loads(line) for line in result.out.splitlines()] == [
         {
@@ -233,9 +247,7 @@ def test_consume_exec_exit_status_acks_or_dead_letters(
     path: Path, handler: tuple[str, Path]
 ) -> None:
     command, out = handler
-    for payload in ("ok 1", "exit 3", "ok 2"):
-        ok(gitmq("publish", path, "orders", payload))
-    bad = messages(path)[1]
+    bad = publish(path, "ok 1", "exit 3", "ok 2")[1]
     result = ok(
         gitmq("consume", "--drain", "--max-attempts", "2", "--exec", command, path, "orders", "c")
     )
@@ -252,7 +264,7 @@ def test_consume_exec_exit_status_acks_or_dead_letters(
 
 
 def test_consume_exec_of_a_missing_program_dead_letters(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "x"))
+    publish(path, "x")
     ok(gitmq("consume", "--drain", "--max-attempts", "1", "--exec", "no-such-program-gitmq",
              path, "orders", "c"))  # fmt: skip
     [dead] = messages(path, "orders.dlq")
@@ -262,7 +274,7 @@ def test_consume_exec_of_a_missing_program_dead_letters(path: Path) -> None:
 
 
 def test_consume_runs_until_sigterm_and_prints_messages_as_they_arrive(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "before start"))
+    publish(path, "before start")
     proc = start([*GITMQ, "consume", path, "orders", "billing"])
     try:
         tag = path / "refs/tags/billing"
@@ -279,14 +291,13 @@ def test_consume_runs_until_sigterm_and_prints_messages_as_they_arrive(path: Pat
 
 
 def test_consume_conflicting_tag_is_exit_7(path: Path) -> None:
-    ok(gitmq("publish", path, "other", "x"))
-    ok(gitmq("publish", path, "orders", "y"))
-    other = rev_parse(path, "refs/heads/other")
-    ok(gitmq("consume", "--drain", path, "other", "billing"))
+    [other] = publish(path, "x", queue="other")
+    publish(path, "y")
+    ack_all(path, "other", "billing")
     fails(
         gitmq("consume", "--drain", path, "orders", "billing"),
         7,
-        f"consumer 'billing' is at {other[:12]}, which is not on queue 'orders'; "  # type: ignore[index]
+        f"consumer 'billing' is at {other.sha[:12]}, which is not on queue 'orders'; "
         f"reset it with 'gitmq seek' (see docs/operations.md)",
     )
 
@@ -297,12 +308,9 @@ def test_consume_conflicting_tag_is_exit_7(path: Path) -> None:
 @pytest.fixture
 def known(path: Path) -> list[Message]:
     """Messages with known authors and times."""
-    from datetime import UTC, datetime
-
     author = Identity("Orders API", "orders@example.invalid")
-    when = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     with Storage(path) as storage:
-        producer = Producer(storage, "orders", author=author, clock=lambda: when)
+        producer = Producer(storage, "orders", author=author, clock=lambda: NOON)
         return producer.publish_many(
             ["short", "two\n  lines\n", "", "x" * 100, b"\xff\x00", '{"id": 1}']
         )
@@ -339,7 +347,7 @@ def test_log_json(path: Path, known: list[Message]) -> None:
 
 
 def test_log_of_a_missing_queue_or_storage(path: Path, tmp_path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "x"))
+    publish(path, "x")
     fails(gitmq("log", path, "nope"), 4, f"queue 'nope' does not exist in {path}")
     missing = tmp_path / "missing"
     fails(
@@ -354,11 +362,9 @@ def test_log_of_a_missing_queue_or_storage(path: Path, tmp_path: Path) -> None:
 
 
 def test_status_counts_and_lag(path: Path) -> None:
-    for i in range(5):
-        ok(gitmq("publish", path, "orders", f"m{i}"))
-    ok(gitmq("publish", path, "audit/log", "a"))
+    sent = publish(path, *[f"m{i}" for i in range(5)])
+    publish(path, "a", queue="audit/log")
     with Storage(path) as storage:
-        sent = list(Consumer(storage, "x", "orders").poll())
         Consumer(storage, "billing", "orders").ack(sent[1])
         Consumer(storage, "shipping", "orders").ack(sent[4])
     text = ok(gitmq("status", path)).out
@@ -397,41 +403,41 @@ def test_status_of_something_that_is_not_a_storage(tmp_path: Path) -> None:
 
 
 def test_seek_then_consume(path: Path) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    start_time = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     ticks = iter(range(100))
     with Storage(path) as storage:
         sent = Producer(
-            storage, "orders", clock=lambda: start_time + timedelta(seconds=next(ticks))
+            storage, "orders", clock=lambda: NOON + timedelta(seconds=next(ticks))
         ).publish_many([f"m{i}" for i in range(6)])
 
-    def drain() -> bytes:
-        return ok(gitmq("consume", "--drain", path, "orders", "billing")).stdout
+    def seek(target: str) -> str:
+        return ok(gitmq("seek", path, "orders", "billing", target)).out
 
-    assert drain() == b"m0\nm1\nm2\nm3\nm4\nm5\n"
-    seek = ok(gitmq("seek", path, "orders", "billing", "beginning"))
-    assert seek.out == "consumer billing now at the beginning\n"
-    assert drain().startswith(b"m0\n")
-    assert ok(gitmq("seek", path, "orders", "billing", sent[3].id)).out == (
-        f"consumer billing now at {sent[2].sha[:12]}\n"
+    def pending() -> list[bytes]:
+        with Storage(path) as storage:
+            return [m.payload for m in Consumer(storage, "billing", "orders").poll()]
+
+    ack_all(path, "orders", "billing")
+    assert seek("beginning") == "consumer billing now at the beginning\n"
+    assert pending() == [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"]
+    assert seek(sent[3].id) == f"consumer billing now at {sent[2].sha[:12]}\n"
+    assert pending() == [b"m3", b"m4", b"m5"]
+    assert seek(sent[4].sha[:10]) == f"consumer billing now at {sent[3].sha[:12]}\n"
+    assert pending() == [b"m4", b"m5"]
+    seek("2024-05-01T12:00:05+00:00")
+    assert pending() == [b"m5"]
+    seek("2024-05-01T14:00:01+02:00")
+    assert pending() == [b"m1", b"m2", b"m3", b"m4", b"m5"]
+    assert ok(gitmq("consume", "--drain", path, "orders", "billing")).stdout == (
+        b"m1\nm2\nm3\nm4\nm5\n"
     )
-    assert drain() == b"m3\nm4\nm5\n"
-    ok(gitmq("seek", path, "orders", "billing", sent[4].sha[:10]))
-    assert drain() == b"m4\nm5\n"
-    ok(gitmq("seek", path, "orders", "billing", "2024-05-01T12:00:05+00:00"))
-    assert drain() == b"m5\n"
-    ok(gitmq("seek", path, "orders", "billing", "2024-05-01T14:00:01+02:00"))
-    assert drain() == b"m1\nm2\nm3\nm4\nm5\n"
-    assert ok(gitmq("seek", path, "orders", "billing", "end")).out == (
-        f"consumer billing now at {sent[5].sha[:12]}\n"
-    )
-    assert drain() == b""
+    seek(sent[2].id)
+    assert seek("end") == f"consumer billing now at {sent[5].sha[:12]}\n"
+    assert pending() == []
 
 
 def test_seek_errors_change_nothing(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "x"))
-    ok(gitmq("consume", "--drain", path, "orders", "billing"))
+    publish(path, "x")
+    ack_all(path, "orders", "billing")
     before = snapshot(path)
     fails(
         gitmq("seek", path, "orders", "billing", "zzzzzzz"),
@@ -484,7 +490,7 @@ def test_storage_errors_are_one_line_with_exit_3(tmp_path: Path) -> None:
 
 
 def test_corrupted_ref_is_exit_3_and_changes_nothing(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "x"))
+    publish(path, "x")
     (path / "refs/heads/orders").write_text("not a commit id\n")
     before = snapshot(path)
     message = (
@@ -535,7 +541,7 @@ def test_gitmq_consume_prints_messages_and_exits_0_on_sigterm(path: Path) -> Non
 
 
 def test_gitmq_consume_exits_0_on_sigint_too(path: Path) -> None:
-    ok(gitmq("publish", path, "orders", "x"))
+    publish(path, "x")
     proc = start([*GITMQ_CONSUME, path, "orders", "billing"], stderr=subprocess.PIPE)
     try:
         wait_for(lambda: (path / "refs/tags/billing").exists(), procs=[proc])
