@@ -141,9 +141,10 @@ class Consumer:
         return self
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop after the current handler call returns; wait for the thread."""
+        """Stop after the current handler call returns; wait for the thread
+        (unless called by the handler itself, on that thread)."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             self._thread = None
 
