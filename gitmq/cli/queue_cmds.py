@@ -129,8 +129,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
             argv = shlex.split(args.exec_cmd)
             handler = command_handler(argv, args.queue, args.consumer)
         else:
-            handler = _printer(args.json)
-        return run_consumer(consumer, handler, drain=args.drain)
+            handler = _Printer(consumer, args.json)
+        code = run_consumer(consumer, handler, drain=args.drain)
+    if isinstance(handler, _Printer) and handler.closed:
+        raise BrokenPipeError  # the reader went away: the CLI edge ends quietly
+    return code
 
 
 def run_consumer(consumer: Consumer, handler: Callable[[Message], object], drain: bool) -> int:
@@ -142,24 +145,35 @@ def run_consumer(consumer: Consumer, handler: Callable[[Message], object], drain
     stop = stop_event_on_signals()
     consumer.consume(handler)
     try:
-        while not stop.wait(0.2):
+        while not stop.wait(0.2) and consumer.running:
             pass
     finally:
         consumer.stop()
     return 0
 
 
-def _printer(as_json: bool) -> Callable[[Message], object]:
-    out = sys.stdout.buffer
+class _Printer:
+    """Prints each message on stdout.
 
-    def show(message: Message) -> None:
-        if as_json:
-            out.write(json.dumps(message_json(message)).encode() + b"\n")
-        else:
-            out.write(message.payload + b"\n")
-        out.flush()
+    Once the reader is gone (``gitmq consume ... | head -1``) nothing can be
+    printed, and that is not the message's fault: stop the consumer and leave
+    the message unacknowledged instead of failing it into the dead-letter queue.
+    """
 
-    return show
+    def __init__(self, consumer: Consumer, as_json: bool) -> None:
+        self.consumer = consumer
+        self.as_json = as_json
+        self.closed = False
+
+    def __call__(self, message: Message) -> None:
+        line = json.dumps(message_json(message)).encode() if self.as_json else message.payload
+        try:
+            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            self.closed = True
+            self.consumer.stop()
+            raise
 
 
 def message_json(message: Message) -> dict[str, Any]:
