@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -548,3 +549,31 @@ def test_gitmq_consume_exits_0_on_sigint_too(path: Path) -> None:
         assert stop(proc, signal.SIGINT) == 0
     finally:
         kill_all([proc])
+
+
+@pytest.mark.parametrize("drain", [True, False], ids=["drain", "follow"])
+def test_consume_into_a_closed_pipe_stops_and_dead_letters_nothing(path: Path, drain: bool) -> None:
+    """`gitmq consume ... | head -1`: once the reader is gone, nothing can be
+    printed. That is not the message's fault: stop, and leave it unacknowledged."""
+    if drain:
+        publish(path, "m0", "m1")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first message is printed
+    try:
+        argv = [*GITMQ, "consume", *(["--drain"] if drain else []), path, "orders", "c"]
+        proc = start(argv, stdout=write_end)
+    finally:
+        os.close(write_end)
+    try:
+        if not drain:
+            wait_for(lambda: (path / "HEAD").exists(), procs=[proc])
+            publish(path, "m0", "m1")
+        assert proc.wait(30) == 0
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+    finally:
+        kill_all([proc])
+    assert rev_parse(path, "refs/tags/c") is None
+    assert rev_parse(path, "refs/heads/orders.dlq") is None
+    assert "dead-letter" not in err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

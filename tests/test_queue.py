@@ -559,3 +559,20 @@ def test_a_handler_that_exits_stops_the_thread_loudly_and_acks_nothing(
         for r in caplog.records
     ), caplog.text
     assert consumer.position is None
+
+
+def test_a_handler_may_stop_its_own_consumer(storage: Storage, consumers: list[Consumer]) -> None:
+    """ "Handle this one, then stop": the message is finished, nothing after it is."""
+    Producer(storage, "orders").publish_many(["one", "two"])
+    consumer = Consumer(storage, "billing", "orders")
+    seen: list[bytes] = []
+
+    def once(message: Message) -> None:
+        seen.append(message.payload)
+        consumer.stop()
+
+    consumers.append(consumer.consume(once))
+    wait_for(lambda: not consumer.running, what="the consumer to stop itself")
+    assert seen == [b"one"]
+    assert [m.payload for m in consumer.poll()] == [b"two"]
+    assert consumer.last_error is None
