@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from util import WORKERS, branch_shas, fsck, git, kill_all, lines_of, rev_parse, start, stop
+from util import GITMQ, WORKERS, branch_shas, fsck, git, kill_all, lines_of, rev_parse, start, stop
 from util import wait_for as wait_until
 
 from gitmq import Consumer, Producer, Storage
@@ -250,4 +250,17 @@ def test_consumer_killed_mid_handler_redelivers_that_message_and_skips_none(
     assert second_run == [
         f"{event} {m.sha} {m.payload.decode()}" for m in sent[7:] for event in ("begin", "end")
     ]
+    fsck(path)
+
+
+def test_processes_creating_one_storage_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "q"
+    procs = [start([*GITMQ, "publish", path, "orders", f"p{n}:0"]) for n in range(4)]
+    try:
+        for proc in procs:
+            assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        kill_all(procs)
+    assert sorted(payloads_in_branch_order(path, "orders")) == [f"p{n}:0" for n in range(4)]
+    assert [p.name for p in path.parent.iterdir()] == ["q"]  # no temporary left behind
     fsck(path)
