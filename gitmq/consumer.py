@@ -18,7 +18,7 @@ from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer
 from gitmq.retry import RetryPolicy
-from gitmq.segments import QueueSource
+from gitmq.segments import OPEN, QueueSource
 from gitmq.storage import Storage
 
 log = logging.getLogger("gitmq.consumer")
@@ -93,7 +93,10 @@ class Consumer:
     def _checked(self, position: str | None, shas: list[str]) -> Iterator[Message]:
         for index, sha in enumerate(shas):
             message = self.storage.read(sha)
-            if index == 0 and position is not None and message.parent != position:
+            # After the close marker of its segment, the next message is the root of
+            # the next segment (an open marker, no parent): that is still in order.
+            crossed = message.control == OPEN and message.parent is None
+            if index == 0 and position is not None and message.parent != position and not crossed:
                 raise ConsumerConflictError(
                     f"consumer {self.name!r} is at {position[:12]}, which is not on queue "
                     f"{self.branch!r}; reset it with 'gitmq seek' (see docs/operations.md)"
