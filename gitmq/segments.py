@@ -117,11 +117,14 @@ class QueueSource:
         start = 0 if position is None else self.segment_index(position, found)
         out: list[str] = []
         for i in range(start, len(found)):
-            number, tip = found[i]
+            tip = found[i][1]
             since = position if i == start else None
             if since != tip:
                 out += self.storage.commits_between(since, tip)
-            if not (i + 1 < len(found) and found[i + 1][0] == number + 1 and self.closed(tip)):
+            # The next segment present follows a closed one even across a gap: the
+            # segments in between were deleted on the remote (tracking refs of new
+            # segments appear in number order, so a gap is never one not fetched yet).
+            if not (i + 1 < len(found) and self.closed(tip)):
                 break
         return out
 
