@@ -15,6 +15,7 @@ Run: ``.venv/bin/python bench/bench_core.py [--quick] [--repeats N] [--json FILE
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,6 +36,8 @@ from gitmq.storage import packing
 
 IDENTITY = Identity("GitMQ Bench", "bench@example.invalid")
 BATCH = 1000
+#: Baseline and GitMQ (or 0 and N history) alternate this many times per repeat.
+CHUNKS = 5
 _LOOSE_DIR = re.compile(r"^[0-9a-f]{2}$")
 
 
@@ -157,41 +160,47 @@ def baseline_env(home: Path) -> dict[str, str]:
     }
 
 
-def bench_baseline(ws: Workspace, n: int) -> float:
-    """Rate of a shell loop of ``git commit --allow-empty -m`` in a fresh non-bare repo."""
+def bench_publish(ws: Workspace, sizes: Sizes) -> tuple[float, float]:
+    """Rates of the baseline loop and of ``Producer.publish``, measured in alternating chunks.
+
+    The baseline is a shell loop of ``git commit --allow-empty -m`` in a fresh
+    non-bare repository; GitMQ publishes one message at a time into a fresh
+    storage (including the background repacks it triggers). Alternating
+    chunks keep both sides under the same disk and CPU weather.
+    """
     repo = ws.new_dir("baseline")
     repo.mkdir()
     env = baseline_env(ws.root)
     subprocess.run(["git", "init", "-q", str(repo)], env=env, check=True)
-    script = (
-        f'for i in $(seq 1 {n}); do git commit --allow-empty -q -m "$PREFIX$i$SUFFIX" '
-        f"|| exit 1; done"
-    )
-
-    def run() -> int:
-        subprocess.run(["bash", "-c", script], cwd=repo, env=env, check=True)
-        return n
-
-    return timed(run)
-
-
-# --------------------------------------------------------------------- GitMQ
-
-
-def bench_single(ws: Workspace, n: int) -> float:
-    """``Producer.publish`` one message at a time into a fresh storage."""
     path = ws.new_dir("single")
+    spent = {"baseline": 0.0, "single": 0.0}
     with Storage(path) as storage:
         producer = Producer(storage, "bench", author=IDENTITY)
 
-        def run() -> int:
-            for i in range(n):
-                producer.publish(payload(i))
-            return n
+        def baseline_chunk(chunk: int) -> None:
+            first = chunk * sizes.baseline // CHUNKS + 1
+            last = (chunk + 1) * sizes.baseline // CHUNKS
+            script = (
+                f"for i in $(seq {first} {last}); do "
+                f'git commit --allow-empty -q -m "$PREFIX$i$SUFFIX" || exit 1; done'
+            )
+            subprocess.run(["bash", "-c", script], cwd=repo, env=env, check=True)
 
-        rate = timed(run)
+        def single_chunk(chunk: int) -> None:
+            for i in range(chunk * sizes.single // CHUNKS, (chunk + 1) * sizes.single // CHUNKS):
+                producer.publish(payload(i))
+
+        sides = {"baseline": baseline_chunk, "single": single_chunk}
+        for chunk in range(CHUNKS):
+            for side in sorted(sides, reverse=chunk % 2 == 1):
+                start = time.perf_counter()
+                sides[side](chunk)
+                spent[side] += time.perf_counter() - start
         wait_packing_idle(path, storage)
-    return rate
+    return sizes.baseline / spent["baseline"], sizes.single / spent["single"]
+
+
+# --------------------------------------------------------------------- GitMQ
 
 
 def bench_batch(ws: Workspace, batches: int) -> float:
@@ -219,9 +228,9 @@ def fill(storage: Storage, path: Path, count: int) -> None:
     wait_packing_idle(path, storage)
 
 
-def poll_and_ack(consumer: Consumer) -> int:
+def poll_and_ack(consumer: Consumer, limit: int | None = None) -> int:
     done = 0
-    for message in consumer.poll():
+    for message in itertools.islice(consumer.poll(), limit):
         consumer.ack(message)
         done += 1
     return done
@@ -249,25 +258,38 @@ def bench_consume(storage: Storage, backlog: int, repeat: int) -> tuple[float, f
     return rate_pull, rate_push
 
 
-def probe_costs(path: Path, probe: int, repeat: int) -> tuple[float, float]:
-    """Microseconds per message: ``probe`` single publishes, then poll()+ack() of them."""
-    with Storage(path) as storage:
-        producer = Producer(storage, "bench", author=IDENTITY)
-        consumer = Consumer(storage, f"probe-{repeat}", "bench")
-        if storage.read_ref("refs/heads/bench") is not None:
-            consumer.seek("end")
-        start = time.perf_counter()
-        for i in range(probe):
-            producer.publish(payload(i))
-        publish_us = (time.perf_counter() - start) / probe * 1e6
-        wait_packing_idle(path, storage)
-        start = time.perf_counter()
-        done = poll_and_ack(consumer)
-        consume_us = (time.perf_counter() - start) / done * 1e6
-        if done != probe:
-            raise RuntimeError(f"probe consumed {done} messages, expected {probe}")
-        wait_packing_idle(path, storage)
-    return publish_us, consume_us
+def probe_history(fresh: Path, big: Path, probe: int, repeat: int) -> dict[str, float]:
+    """Microseconds per message of single publishes, then of poll()+ack() of them,
+    in a fresh storage and in one with history, in alternating chunks."""
+    spent = dict.fromkeys(("publish_at_0", "publish_at_n", "consume_at_0", "consume_at_n"), 0.0)
+    step = probe // CHUNKS
+    with Storage(fresh) as s0, Storage(big) as sn:
+        sides = {}
+        for key, storage in (("0", s0), ("n", sn)):
+            consumer = Consumer(storage, f"probe-{repeat}", "bench")
+            if storage.read_ref("refs/heads/bench") is not None:
+                consumer.seek("end")
+            sides[key] = (storage, Producer(storage, "bench", author=IDENTITY), consumer)
+        for chunk in range(CHUNKS):
+            for key in sorted(sides, reverse=chunk % 2 == 1):
+                producer = sides[key][1]
+                start = time.perf_counter()
+                for i in range(chunk * step, (chunk + 1) * step):
+                    producer.publish(payload(i))
+                spent[f"publish_at_{key}"] += time.perf_counter() - start
+        for storage, _, _ in sides.values():
+            wait_packing_idle(storage.git_dir, storage)
+        for chunk in range(CHUNKS):
+            for key in sorted(sides, reverse=chunk % 2 == 1):
+                consumer = sides[key][2]
+                start = time.perf_counter()
+                done = poll_and_ack(consumer, limit=step)
+                spent[f"consume_at_{key}"] += time.perf_counter() - start
+                if done != step:
+                    raise RuntimeError(f"probe consumed {done} messages, expected {step}")
+        for storage, _, _ in sides.values():
+            wait_packing_idle(storage.git_dir, storage)
+    return {k: v / (step * CHUNKS) * 1e6 for k, v in spent.items()}
 
 
 def bench_disk(ws: Workspace, n: int, progress: Callable[[str], None]) -> dict[str, object]:
@@ -432,6 +454,29 @@ def disk_lines(disk: dict[str, object]) -> list[str]:
 # ----------------------------------------------------------------------- main
 
 
+def headline(res: Results) -> str:
+    m = res.machine
+    start: tuple[float, ...] = m["load_average_at_start"]  # type: ignore[assignment]
+    end: tuple[float, ...] = m["load_average_at_end"]  # type: ignore[assignment]
+    return (
+        f"GitMQ core benchmark ({res.mode}, {res.repeats} repeats) of gitmq {m['gitmq_commit']}; "
+        f"{m['git']}, Python {m['python']}, {m['cpus']} CPUs; "
+        f"1-minute load average {start[0]:.1f} at start, {end[0]:.1f} at end"
+    )
+
+
+def code_version() -> str:
+    """The commit of the GitMQ code measured, marked when gitmq/ has local changes."""
+    here = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" + uncommitted changes" if git("status", "--porcelain", "gitmq") else "")
+
+
 def run(res: Results, tmpdir: str | None) -> None:
     sizes = res.sizes
 
@@ -442,8 +487,9 @@ def run(res: Results, tmpdir: str | None) -> None:
         say(f"workspace {ws.root}; {sizes}")
         for r in range(res.repeats):
             say(f"repeat {r + 1}/{res.repeats}: baseline, publish, publish_many, consume")
-            res.rates["baseline"].append(bench_baseline(ws, sizes.baseline))
-            res.rates["single"].append(bench_single(ws, sizes.single))
+            base, single = bench_publish(ws, sizes)
+            res.rates["baseline"].append(base)
+            res.rates["single"].append(single)
             res.rates["batch"].append(bench_batch(ws, sizes.batches))
             path = ws.new_dir("backlog")
             with Storage(path) as storage:
@@ -459,13 +505,8 @@ def run(res: Results, tmpdir: str | None) -> None:
         res.history_layout = disk_usage(big)
         for r in range(res.repeats):
             say(f"history repeat {r + 1}/{res.repeats}")
-            pub0, con0 = probe_costs(ws.new_dir("history0"), sizes.probe, r)
-            pubn, conn = probe_costs(big, sizes.probe, r)
-            for key, value in zip(
-                ("publish_at_0", "consume_at_0", "publish_at_n", "consume_at_n"),
-                (pub0, con0, pubn, conn),
-                strict=True,
-            ):
+            costs = probe_history(ws.new_dir("history0"), big, sizes.probe, r)
+            for key, value in costs.items():
                 res.history[key].append(value)
         say(f"disk: {sizes.disk:,} single publishes")
         res.disk = bench_disk(ws, sizes.disk, say)
@@ -490,15 +531,15 @@ def main(argv: list[str] | None = None) -> int:
             "git": git_version.strip(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "gitmq_commit": code_version(),
+            "load_average_at_start": os.getloadavg(),
         },
     )
     try:
         run(res, args.tmpdir)
     finally:  # on a failure, still show (and save) what was measured
-        print(
-            f"GitMQ core benchmark ({res.mode}, {res.repeats} repeats; {git_version.strip()}, "
-            f"Python {platform.python_version()}, {os.cpu_count()} CPUs)"
-        )
+        res.machine["load_average_at_end"] = os.getloadavg()
+        print(headline(res))
         print(report(res))
         if args.json:
             args.json.write_text(json.dumps(res.as_json(), indent=2) + "\n")
