@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 
 from gitmq import names
 from gitmq.consumer import dead_letter_queue
@@ -345,6 +344,8 @@ def _prune(sec: Section | None) -> PrunePolicy | None:
     schedule = sec.get("schedule", "1h")
     every, cron = None, None
     if isinstance(schedule, str) and len(schedule.split()) == 5:
+        from apscheduler.triggers.cron import CronTrigger
+
         try:
             CronTrigger.from_crontab(schedule)
         except ValueError as exc:

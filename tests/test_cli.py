@@ -371,7 +371,7 @@ def test_status_counts_and_lag(path: Path) -> None:
     text = ok(gitmq("status", path)).out
     assert text.splitlines() == [
         "queues:",
-        "  audit/log: 1 messages",
+        "  audit/log: 1 message",
         "  orders: 5 messages",
         "consumers:",
         f"  billing: at {sent[1].sha[:12]} (orders lag 3)",

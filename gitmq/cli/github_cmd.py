@@ -12,12 +12,14 @@ import sys
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gitmq import config as node_config
-from gitmq import github
 from gitmq.cli.errors import guarded
 from gitmq.errors import ConfigError, UsageError
-from gitmq.github import DeployKey, GithubTarget
+
+if TYPE_CHECKING:  # PyGithub takes a third of a second to import: only when used
+    from gitmq.github import GithubTarget
 
 DEFAULT_TOKEN_ENV = "GITHUB_TOKEN"
 
@@ -48,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_setup(args: argparse.Namespace) -> int:
     target = github_target_from_config(args.config)
+    from gitmq import github
+
     changes = github.setup(target, _token(args.token_env))
     for change in changes:
         print(change)
@@ -58,6 +62,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     target = github_target_from_config(args.config)
+    from gitmq import github
+
     problems = github.check(target, _token(args.token_env))
     for problem in problems:
         print(problem)
@@ -88,6 +94,8 @@ def github_target_from_config(path: Path) -> GithubTarget:
     not compared), then the dead-letter queues of their consumers, as sync
     pushes them. A rotating queue's later segments are made by the nodes.
     """
+    from gitmq.github import DeployKey, GithubTarget
+
     config = node_config.load(path)
     if config.github is None:
         raise ConfigError(f"{path}: github: is required for 'gitmq github'")

@@ -7,7 +7,6 @@ import argparse
 from gitmq import config as node_config
 from gitmq import logs
 from gitmq.cli.signals import stop_event_on_signals
-from gitmq.node import Node
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    from gitmq.node import Node  # APScheduler: imported only by the command that runs it
+
     logs.setup(args.log_format, args.log_level)
     config = node_config.load(args.config)
     stop = stop_event_on_signals()

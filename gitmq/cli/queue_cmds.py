@@ -74,6 +74,10 @@ def _storage_queue(p: argparse.ArgumentParser) -> None:
     p.add_argument("queue", help="queue (branch) name")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def parse_identity(text: str | None) -> Identity:
     if not text:
         return default_identity()
@@ -104,7 +108,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             for line in sys.stdin.buffer:
                 producer.publish(line.rstrip(b"\n").removesuffix(b"\r"), headers)
                 count += 1
-            print(f"published {count} messages to {args.queue}")
+            print(f"published {plural(count, 'message')} to {args.queue}")
             return 0
         # os.fsencode gives back the argument's original bytes, even if not UTF-8.
         payload = os.fsencode(args.payload) if args.payload is not None else sys.stdin.buffer.read()
@@ -222,7 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print("queues:")
     for queue in status["queues"]:
-        print(f"  {queue['name']}: {queue['messages']} messages")
+        print(f"  {queue['name']}: {plural(queue['messages'], 'message')}")
     print("consumers:")
     for c in status["consumers"]:
         where = f"{c['queue']} lag {c['lag']}" if c["queue"] else "not on any queue"
