@@ -21,7 +21,7 @@ from servers import GitDaemon, SmartHttp, SshServer, make_bare
 from util import commit_body, fsck, git, rev_parse, wait_for
 
 from gitmq import Consumer, Identity, Producer, Storage
-from gitmq.storage.remote import Credentials
+from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, push_atomic
 from gitmq.sync import SyncReport, SyncTarget, remote_tag_ref, sync_once, tracking_ref
 
 REMOTE = "central"
@@ -253,6 +253,25 @@ def test_a_tag_behind_the_remote_fast_forwards_and_never_moves_the_remote_back(
     assert (report.tags_resumed, report.pushes, report.conflicts) == (1, 0, [])
     assert b.read_ref("refs/tags/billing") == shas[3]
     assert rev_parse(central, "refs/tags/billing") == shas[3]
+
+
+def test_a_tag_push_with_a_stale_lease_is_rejected_and_moves_nothing(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    """Another node moved the remote tag after this node last looked: its lease is stale."""
+    a = storages["a"]
+    url = git_daemon.url("central.git")
+    for i in range(4):
+        producer(a, "a").publish(f"m{i}")
+    synced(a, target(url, "a"))
+    shas = [m.sha for m in remote_messages(central, "orders")]
+    git(central, "update-ref", "refs/tags/billing", shas[3])
+    for sha, lease in ((shas[1], shas[0]), (shas[1], ""), (shas[2], shas[1])):
+        with pytest.raises(PushRejected, match=r"refs/tags/billing\s+\[rejected\] \(stale info\)"):
+            push_atomic(a.git_dir, url, [RefUpdate(sha, "refs/tags/billing", lease)], Credentials())
+        assert rev_parse(central, "refs/tags/billing") == shas[3]
+    push_atomic(a.git_dir, url, [RefUpdate(shas[2], "refs/tags/billing", shas[3])], Credentials())
+    assert rev_parse(central, "refs/tags/billing") == shas[2]  # a seek: the lease held
 
 
 def test_diverged_tags_are_reported_and_neither_moves(

@@ -167,9 +167,9 @@ def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Cr
             specs.append(f":{update.ref}")
         elif update.lease is None:
             specs.append(f"{update.sha}:{update.ref}")
-        else:
+        else:  # no '+': a forced refspec makes git ignore the lease on that ref
             args.append(f"--force-with-lease={update.ref}:{update.lease}")
-            specs.append(f"+{update.sha}:{update.ref}")
+            specs.append(f"{update.sha}:{update.ref}")
     status, out, err = _network(git_dir, [*args, url, *specs], url, creds)
     if status == 0:
         return
