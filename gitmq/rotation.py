@@ -23,6 +23,7 @@ from gitmq import message as fmt
 from gitmq.message import Identity
 from gitmq.segments import (
     CLOSE,
+    OPEN,
     RotationPolicy,
     close_draft,
     open_body,
@@ -173,21 +174,50 @@ def _evacuate(
 
 
 def _move(storage: Storage, rot: Rotating, shas: list[str], target: str, now: datetime) -> int:
-    """Append the data messages among ``shas`` to ``target``, skipping ids already there."""
-    tip = storage.read_ref(target)
-    present = (
-        {fmt.message_id(storage.read_body(s)) for s in storage.commits_between(None, tip)}
-        if tip
-        else set()
-    )
-    bodies = []
-    for sha in shas:
-        body = storage.read_body(sha)
-        if fmt.control_of(body) is None and fmt.message_id(body) not in present:
-            bodies.append(body)
-    if bodies:
-        storage.append_bodies(target, bodies, rot.committer, now)
-    return len(bodies)
+    """Put the data messages among ``shas`` on ``target`` right after its confirmed
+    messages, skipping ids already there.
+
+    They come from an older segment, so they were published before whatever is still
+    unpushed on ``target`` (a producer writes to the newest segment it knows): those
+    go after them, re-parented, and each producer's messages keep their order."""
+    tracking = rot.tracking_prefix + target.removeprefix("refs/heads/")
+    while True:
+        tip, confirmed = storage.read_ref(target), storage.read_ref(tracking)
+        base, own = _unpushed(storage, tip, confirmed)
+        landed = storage.commits_between(None, confirmed) if confirmed else []
+        present = {fmt.message_id(storage.read_body(s)) for s in landed}
+        present |= {fmt.message_id(body) for body in own}
+        moved = []
+        for sha in shas:
+            body = storage.read_body(sha)
+            if fmt.control_of(body) is None and fmt.message_id(body) not in present:
+                moved.append(body)
+        if not moved:
+            return 0
+        parent, bodies = base, []
+        for body in moved + own:
+            bodies.append(fmt.reparent(body, parent, rot.committer, now))
+            parent = storage.commit_id(bodies[-1])
+        storage.write_commits(bodies)
+        assert parent is not None  # moved is not empty
+        if storage.compare_and_swap(target, parent, tip):
+            return len(moved)
+        # a producer appended meanwhile: go round
+
+
+def _unpushed(
+    storage: Storage, tip: str | None, confirmed: str | None
+) -> tuple[str | None, list[bytes]]:
+    """Where a segment's unpushed messages start from, and their bodies (without the
+    local open marker of a segment the remote has under another root)."""
+    if tip is None:
+        return confirmed, []
+    local = storage.commits_between(confirmed, tip)
+    base = confirmed
+    if confirmed is None and local and fmt.control_of(storage.read_body(local[0])) == OPEN:
+        base, local = local[0], local[1:]
+    bodies = [storage.read_body(sha) for sha in local]
+    return base, [body for body in bodies if fmt.control_of(body) != OPEN]
 
 
 def expired(
