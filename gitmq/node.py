@@ -200,7 +200,11 @@ class Node:
             len(self.consumers),
             len(self.targets),
         )
-        stop.wait()
+        # Wake up now and then: a signal can land on any thread (the sync thread starts
+        # git all the time), and its Python handler only runs once the main thread is
+        # back in the interpreter. A plain wait() could sleep through SIGTERM forever.
+        while not stop.wait(0.5):
+            pass
         log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
         for consumer, _ in self.consumers:
             consumer.stop(HANDLER_GRACE_SECONDS)

@@ -10,7 +10,9 @@ to its log, so a test reads exactly what each consumer received, in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -20,7 +22,9 @@ from types import TracebackType
 from typing import Any, Self
 
 import yaml
-from util import GITMQ, Result, gitmq, kill_all, lines_of, run, start, stop
+from util import GITMQ, Result, gitmq, kill_all, lines_of, run, start
+
+from gitmq import Message
 
 # The handler: the first line of the payload and the message id, appended in one write.
 _RECORD = 'IFS= read -r payload; printf "%s %s\\n" "$GITMQ_ID" "$payload" >> "$0"'
@@ -29,6 +33,17 @@ _RECORD = 'IFS= read -r payload; printf "%s %s\\n" "$GITMQ_ID" "$payload" >> "$0
 def recorder(log: Path) -> list[str]:
     """A handler command that appends ``ID PAYLOAD`` to ``log`` for each message."""
     return ["/bin/sh", "-c", _RECORD, str(log)]
+
+
+def record(message: Message) -> None:
+    """A Python handler (``nodes:record``, with tests/ on PYTHONPATH): appends
+    ``ID PAYLOAD`` to the file named by $GITMQ_TEST_RECORD, without a process per message."""
+    line = f"{message.id} {message.payload.decode().splitlines()[0]}\n".encode()
+    fd = os.open(os.environ["GITMQ_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def write_config(path: Path, data: Mapping[str, Any]) -> Path:
@@ -76,16 +91,30 @@ class TestNode:
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         """Start ``gitmq node --config node.yml ARGS``, its stderr going to ``node.log``."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        argv = [GITMQ[0], "-X", "faulthandler", *GITMQ[1:], "node", "--config", self.config]
         with self.log.open("ab") as log:
-            self.proc = start(
-                [*GITMQ, "node", "--config", self.config, *args], stdout=log, stderr=log
-            )
+            self.proc = start([*argv, *args], stdout=log, stderr=log)
         self.started.append(self.proc)
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the node and wait; a node that hangs gets SIGABRT, so that Python's
+        faulthandler (``-X faulthandler``) writes every thread's stack into node.log."""
         assert self.proc is not None
-        return stop(self.proc, sig, timeout)
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGABRT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(5)
+                kill_all([self.proc])
+                raise AssertionError(
+                    f"node {self.name} ignored signal {sig} for {timeout:g}s; its log:\n"
+                    + self.log_text()[-6000:]
+                ) from None
+        return self.proc.returncode
 
     def kill(self, *, group: bool = True) -> None:
         """SIGKILL the node; with ``group`` its git children die too (a crashed machine),
@@ -141,10 +170,13 @@ class Cluster:
         max_push_attempts: int = 10,
         remote: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
+        python_handler: bool = False,
     ) -> TestNode:
         """A node whose queues all sync with the remote ``central``.
 
         ``consumers`` maps consumer names to queues; a plain list consumes the first queue.
+        With ``python_handler`` they run :func:`record` in the node process instead of a
+        shell (the test sets $GITMQ_TEST_RECORD and PYTHONPATH).
         """
         wanted = (
             dict(consumers) if isinstance(consumers, Mapping) else {c: queues[0] for c in consumers}
@@ -163,7 +195,9 @@ class Cluster:
             "consumers": {
                 c: {
                     "queue": q,
-                    "handler": {"command": recorder(node.consumer_log(c))},
+                    "handler": {"python": "nodes:record"}
+                    if python_handler
+                    else {"command": recorder(node.consumer_log(c))},
                     "retry": {"max_attempts": 3, "initial_delay": "10ms", "max_delay": "100ms"},
                 }
                 for c, q in wanted.items()

@@ -299,3 +299,15 @@ def test_diverged_consumer_tags_are_reported_in_the_node_log(
     assert rev_parse(b.storage, "refs/tags/shared") == tag_b
     assert rev_parse(a.storage, "refs/tags/shared") == tag_a
     assert rev_parse(central, "refs/tags/shared") == tag_a
+
+
+@pytest.mark.slow
+def test_sigterm_always_stops_a_busy_node(cluster: Cluster) -> None:
+    """A signal may land on any thread of the node (the sync thread starts git all the
+    time); the main thread must still notice it, every time."""
+    node = cluster.node("a", ["billing"], interval="20ms", jitter="0s")
+    for _ in range(20):
+        node.start("--log-format", "json")
+        before = len(node.sync_records())
+        wait_for_syncs(node, before + 3)
+        assert node.stop(timeout=15) == 0
