@@ -220,6 +220,21 @@ def _unpushed(
     return base, [body for body in bodies if fmt.control_of(body) != OPEN]
 
 
+def push_limit(storage: Storage, local: str, confirmed: str | None) -> str:
+    """How much of a segment branch may be pushed: up to its first close marker.
+
+    A producer that picked the segment a moment before sync closed it appends after
+    the close marker, possibly after ``settle`` ran; that message stays local and the
+    next sync moves it on. Pushed, it would end the segment after its close, where no
+    node moves it and no consumer crosses to the next segment."""
+    if confirmed is not None and _is_close(storage, confirmed):
+        return confirmed
+    for sha in storage.commits_between(confirmed, local):
+        if _is_close(storage, sha):
+            return sha
+    return local
+
+
 def expired(
     storage: Storage, rot: Rotating, tags: Iterable[str], now: datetime
 ) -> list[tuple[str, str, set[str]]]:

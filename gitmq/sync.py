@@ -276,6 +276,10 @@ class _Cycle:
         return True
 
     def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
+        if any(segment_number(q, queue) is not None for q in self.rotating):
+            local = rotation.push_limit(self.storage, local, confirmed)
+            if local == confirmed:
+                return
         self.updates.append(RefUpdate(local, f"refs/heads/{queue}"))
         self.confirm.append((tracking_ref(self.target.remote, queue), local, confirmed))
         self.message_count += self.storage.count(confirmed, local)
