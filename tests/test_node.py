@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from nodes import Cluster, TestNode, assert_landed_once, landed_ids, remote_messages
-from servers import GitDaemon, SmartHttp, make_bare
+from servers import GitDaemon, SmartHttp, SshServer, make_bare
 from util import fails, git, ok, rev_parse, wait_for
 
 from gitmq import Identity, Producer, Storage
@@ -178,6 +178,58 @@ def test_a_token_comes_from_the_environment_and_a_wrong_one_loses_nothing(
         assert_landed_once(central, "orders", ["secret order"])
         assert node.payloads("billing") == ["secret order"]
         assert smart_http.token not in (node.storage / "config").read_text()
+
+
+@pytest.mark.parametrize("form", ["ssh-url-key", "scp-alias-config"])
+def test_a_node_syncs_over_ssh_with_the_keys_its_config_names(
+    tmp_path: Path, ssh_server: SshServer, form: str
+) -> None:
+    central = make_bare(ssh_server.root, "central.git")
+    if form == "ssh-url-key":
+        url = ssh_server.url("central.git")
+        remote = {"ssh_key": str(ssh_server.client_key), "known_hosts": str(ssh_server.known_hosts)}
+    else:
+        url = ssh_server.scp_url("central.git")
+        remote = {"ssh_config": str(ssh_server.ssh_config)}
+    with Cluster(tmp_path / "nodes", url) as cluster:
+        node = cluster.node("a", ["billing"], remote=remote)
+        node.publish("orders", "over ssh")
+        ok(node.once())
+        assert_landed_once(central, "orders", ["over ssh"])
+        assert node.payloads("billing") == ["over ssh"]
+        assert rev_parse(central, "refs/tags/billing") == rev_parse(central, "refs/heads/orders")
+
+
+def test_each_queue_syncs_with_its_own_remote(
+    cluster: Cluster, central: Path, git_daemon: GitDaemon
+) -> None:
+    mirror = make_bare(git_daemon.root, "mirror.git")
+    node = cluster.node(
+        "a",
+        {"billing": "orders", "auditor": "audit"},
+        queues=["orders", "audit"],
+        extra={
+            "remotes": {
+                "central": {"url": git_daemon.url("central.git")},
+                "mirror": {"url": git_daemon.url("mirror.git")},
+            },
+            "queues": {"orders": {"remote": "central"}, "audit": {"remote": "mirror"}},
+        },
+    )
+    node.publish("orders", "order")
+    node.publish("audit", "entry")
+    ok(node.once())
+    assert_landed_once(central, "orders", ["order"])
+    assert_landed_once(mirror, "audit", ["entry"])
+    assert git(central, "for-each-ref", "--format=%(refname)").split() == [
+        b"refs/heads/orders",
+        b"refs/tags/billing",
+    ]
+    assert git(mirror, "for-each-ref", "--format=%(refname)").split() == [
+        b"refs/heads/audit",
+        b"refs/tags/auditor",
+    ]
+    assert node.payloads("billing") == ["order"] and node.payloads("auditor") == ["entry"]
 
 
 # ------------------------------------------------------------------ the daemon
