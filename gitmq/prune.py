@@ -55,7 +55,8 @@ class PruneReport:
         if self.held_back:
             text += f"; held back by {', '.join(self.held_back)}"
         if self.moved:
-            text += f"; moved forward: {', '.join(self.moved)}"
+            verb = "would move forward" if self.dry_run else "moved forward"
+            text += f"; {verb}: {', '.join(self.moved)}"
         return text
 
 
@@ -160,6 +161,8 @@ def _move_tags(
         if not dry_run and not storage.compare_and_swap(TAGS + name, boundary, sha):
             continue  # it moved on its own meanwhile
         moved.append(name)
+        if dry_run:
+            continue  # nothing moved: the report says what would
         log.warning(
             "prune: consumer %s had not finished messages older than the policy "
             "keeps; its tag moved forward to %s",
