@@ -167,8 +167,10 @@ def test_the_remote_down_for_several_cycles_loses_and_duplicates_nothing(
     assert in_producer_order([m.payload for m in landed])
     for node in nodes:
         assert node.received(f"{node.name}-ship") == [m.id for m in landed]
-    errors = [r["error"] for r in nodes[0].sync_records() if r["error"]]
-    assert errors and all("unable to connect" in e for e in errors), errors
+    url = git_daemon.url("central.git")
+    errors = [r["error"] for node in nodes for r in node.sync_records() if r["error"]]
+    assert errors and all(e.startswith(f"remote {url}: ") for e in errors), errors
+    assert any("unable to connect" in e for e in errors), errors
 
 
 def _kill_at(node: TestNode, moment: str) -> None:
