@@ -20,6 +20,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def drop(git_dir: Path, boundaries: dict[str, list[str]], progress: Progress) ->
         if not doomed:
             return Dropped(0, 0)
         progress(f"dropping {len(doomed)} commits: marking the new roots shallow")
-        _add_shallow(git_dir, set(boundaries))
+        _update_shallow(git_dir, add=set(boundaries))
         return _remove(git_dir, doomed, progress)
 
 
@@ -90,12 +91,18 @@ def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
     before = _objects_bytes(git_dir)
     _rewrite_packs(git_dir, doomed, progress)
     _delete_loose(git_dir, doomed)
+    stale = doomed & shallow_roots(git_dir)  # an older boundary, dropped now
+    if stale:
+        _update_shallow(git_dir, remove=stale)
     if (git_dir / "logs").is_dir():
         gitcli.run(git_dir, ["reflog", "expire", "--expire=now", "--all"])
     return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
 
 
-def _add_shallow(git_dir: Path, roots: set[str]) -> None:
+def _update_shallow(
+    git_dir: Path, add: AbstractSet[str] = frozenset(), remove: AbstractSet[str] = frozenset()
+) -> None:
+    """Add and remove shallow roots under git's own ``shallow.lock``."""
     path = git_dir / "shallow"
     lock = git_dir / "shallow.lock"
     deadline = time.monotonic() + 10
@@ -108,10 +115,15 @@ def _add_shallow(git_dir: Path, roots: set[str]) -> None:
                 raise StorageError(f"{lock} is held by another process; retry later") from None
             time.sleep(0.01)
     try:
-        lines = sorted(shallow_roots(git_dir) | roots)
-        os.write(fd, ("\n".join(lines) + "\n").encode("ascii"))
+        lines = sorted((shallow_roots(git_dir) | add) - remove)
+        os.write(fd, "".join(line + "\n" for line in lines).encode("ascii"))
         os.close(fd)
-        os.replace(lock, path)
+        if lines:
+            os.replace(lock, path)
+        else:  # no root left: not shallow any more
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            lock.unlink()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
