@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from servers import GitDaemon, make_bare
+from util import git_text, kill_all, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -249,3 +251,58 @@ def test_second_run_changes_nothing(install: Install) -> None:
     second = playbook(install.inventory, install.env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert recap(second)["changed"] == 0, second.stdout
+
+
+def test_the_rendered_node_runs_and_delivers(
+    tmp_path: Path, wheelhouse: Path, git_daemon: GitDaemon
+) -> None:
+    """Install a node whose remote is a real git daemon, start the installed
+    `gitmq node` on the rendered config, and see a message go through."""
+    root = tmp_path / "root"
+    make_bare(git_daemon.root, "central.git")
+    delivered = tmp_path / "delivered.txt"
+    python = root / "opt/gitmq/venv/bin/python"
+    sink = f"import sys; open({str(delivered)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    group = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+        "gitmq_root": str(root),
+        "gitmq_manage_service": False,
+        "gitmq_create_user": False,
+        "gitmq_install_packages": False,
+        "gitmq_user": "root",
+        "gitmq_group": "root",
+        "gitmq_version": next(wheelhouse.glob("gitmq-*.whl")).name.split("-")[1],
+        "gitmq_wheel_dir": str(wheelhouse),
+        "gitmq_remotes": {"central": {"url": git_daemon.url("central.git")}},
+        "gitmq_sync_interval": "500ms",
+        "gitmq_sync_jitter": "0s",
+        "gitmq_queues": {"orders": {"remote": "central"}},
+        "gitmq_consumers": {
+            "shipping": {"queue": "orders", "handler": {"command": [str(python), "-c", sink]}}
+        },
+    }
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        yaml.safe_dump({"gitmq_nodes": {"vars": group, "hosts": {"localhost": {}}}})
+    )
+    installed = playbook(inventory, ansible_env(tmp_path / "home"))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    gitmq = root / "opt/gitmq/venv/bin/gitmq"
+    config = root / "etc/gitmq/node.yml"
+    node = start([gitmq, "node", "--config", config])
+    try:
+        storage = load_rendered_config(root)["storage"]["path"]
+        published = run([gitmq, "publish", storage, "orders", "hello from ansible"])
+        assert published.returncode == 0, published.stderr
+        wait_for(
+            lambda: delivered.exists() and delivered.read_bytes() == b"hello from ansible\n",
+            timeout=60,
+            what="the installed node to deliver the message",
+            procs=[node],
+        )
+        on_remote = git_text(git_daemon.root / "central.git", "log", "--format=%B", "orders")
+        assert on_remote.strip() == "hello from ansible"
+        assert stop(node) == 0
+    finally:
+        kill_all([node])
