@@ -128,7 +128,7 @@ class Node:
             config.prune,
             now=now or datetime.now(UTC),
             consumers=[c.name for c in self.config.consumers.values() if c.queue == queue],
-            confirmed_ref=tracking_ref(config.remote, queue) if config.remote else None,
+            remote=config.remote,
         )
         log.info("prune %s", report.line(), extra={"prune": vars(report)})
         return report

@@ -18,6 +18,7 @@ from datetime import datetime
 from gitmq import names
 from gitmq.config import PrunePolicy
 from gitmq.storage import Storage
+from gitmq.sync import sync_lock, tracking_ref
 
 log = logging.getLogger("gitmq.prune")
 
@@ -67,11 +68,34 @@ def prune_queue(
     *,
     now: datetime,
     consumers: Sequence[str] = (),
-    confirmed_ref: str | None = None,
+    remote: str | None = None,
     dry_run: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> PruneReport:
-    """Apply ``policy`` to ``queue``; ``consumers`` are the ones this node runs."""
+    """Apply ``policy`` to ``queue``; ``consumers`` are the ones this node runs, ``remote``
+    the one the queue syncs with (its confirmed tip is a floor).
+
+    A synced queue is pruned under that remote's sync lock: a sync cycle reads the
+    consumer tags, pushes them, then records the remote's copies, and a prune in between
+    (the tag having moved on) would drop the commit such a copy is about to name."""
+    if remote is None or dry_run:
+        confirmed = tracking_ref(remote, queue) if remote else None
+        return _prune(storage, queue, policy, now, consumers, confirmed, dry_run, progress)
+    with storage.exclusive(sync_lock(remote)):
+        confirmed = tracking_ref(remote, queue)
+        return _prune(storage, queue, policy, now, consumers, confirmed, dry_run, progress)
+
+
+def _prune(
+    storage: Storage,
+    queue: str,
+    policy: PrunePolicy,
+    now: datetime,
+    consumers: Sequence[str],
+    confirmed_ref: str | None,
+    dry_run: bool,
+    progress: Callable[[str], None],
+) -> PruneReport:
     tip = storage.read_ref(names.queue_ref(queue))
     if tip is None:
         return PruneReport(queue, 0, 0, 0, None, dry_run)

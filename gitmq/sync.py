@@ -35,6 +35,12 @@ def tracking_ref(remote: str, queue: str) -> str:
     return f"refs/remotes/{remote}/{queue}"
 
 
+def sync_lock(remote: str) -> str:
+    """The storage-wide lock a sync cycle with ``remote`` holds; pruning a queue synced
+    with it takes it too (docs/retention.md)."""
+    return f"sync-{remote}"
+
+
 def remote_tag_ref(remote: str, consumer: str) -> str:
     """Where the remote's copy of a consumer tag is kept (never in refs/tags)."""
     return f"refs/gitmq/remotes/{remote}/tags/{consumer}"
@@ -320,7 +326,7 @@ def sync_once(
     report = SyncReport(target.remote)
     started = time.monotonic()
     clock = now or (lambda: datetime.now(UTC))
-    with storage.exclusive(f"sync-{target.remote}"):
+    with storage.exclusive(sync_lock(target.remote)):
         for attempt in range(1, target.max_attempts + 1):
             try:
                 _Cycle(storage, target, report, clock).run()

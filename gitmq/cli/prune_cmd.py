@@ -10,7 +10,6 @@ from gitmq import config as node_config
 from gitmq.errors import UsageError
 from gitmq.prune import prune_queue
 from gitmq.storage import Storage
-from gitmq.sync import tracking_ref
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +47,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 queue.prune,
                 now=datetime.now(UTC),
                 consumers=[c.name for c in config.consumers.values() if c.queue == queue.name],
-                confirmed_ref=tracking_ref(queue.remote, queue.name) if queue.remote else None,
+                remote=queue.remote,
                 dry_run=args.dry_run,
                 progress=progress,
             )
