@@ -11,6 +11,14 @@ ref still reaches); every pack that existed at the start is rewritten without
 those objects and then deleted, and loose objects are deleted only if they are
 in the set. Objects written while this runs land in new files that are never
 touched, so pruning can run beside producers, consumers and sync.
+
+Pruning also deletes *orphans*: unreachable commits, which sync leaves behind
+each time it re-parents unpushed messages (the copies from before) and
+rotation when it moves messages on. Without that a node would keep a copy of
+most of what it ever published, whatever the policy. A commit just written
+is unreachable too until its writer moves the ref, so an orphan must be older
+than ``ORPHAN_GRACE`` by its committer time and, when loose, by its file; a
+fetch keeps its pack with a ``.keep`` file until its refs are set.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from gitmq.errors import StorageError
 from gitmq.storage import gitcli, packing
 
 Progress = Callable[[str], None]
+
+#: How old an unreachable commit must be before pruning deletes it (seconds).
+ORPHAN_GRACE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def drop_unreferenced(git_dir: Path, candidates: set[str], progress: Progress) -
 
 def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
     reachable = set(gitcli.run(git_dir, ["rev-list", "--all"]).stdout.decode().split())
-    doomed -= reachable
+    doomed = (doomed | orphans(git_dir, reachable, time.time() - ORPHAN_GRACE)) - reachable
     if not doomed:
         return Dropped(0, 0)
     before = _objects_bytes(git_dir)
@@ -97,6 +108,34 @@ def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
     if (git_dir / "logs").is_dir():
         gitcli.run(git_dir, ["reflog", "expire", "--expire=now", "--all"])
     return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
+
+
+def orphans(git_dir: Path, reachable: set[str], before: float) -> set[str]:
+    """Unreachable commits written before ``before`` (epoch seconds)."""
+    listing = gitcli.run(
+        git_dir, ["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]
+    ).stdout.decode()
+    candidates = [
+        sha
+        for sha, kind in (line.split() for line in listing.splitlines())
+        if kind == "commit" and sha not in reachable
+    ]
+    if not candidates:
+        return set()
+    dated = gitcli.run(
+        git_dir,
+        ["log", "--no-walk=unsorted", "--format=%H %ct", "--stdin"],
+        input="\n".join(candidates).encode() + b"\n",
+    ).stdout.decode()
+    out = set()
+    for sha, stamp in (line.split() for line in dated.splitlines()):
+        loose = git_dir / "objects" / sha[:2] / sha[2:]
+        with contextlib.suppress(FileNotFoundError):
+            if loose.stat().st_mtime >= before:
+                continue
+        if int(stamp) < before:
+            out.add(sha)
+    return out
 
 
 def _update_shallow(
