@@ -14,6 +14,7 @@ import pty
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from gitmq.config import load as load_config
 from gitmq.message import Message
 from gitmq.node import Node
 from gitmq.prune import PruneReport, prune_queue
+from gitmq.storage import history as git_history
 from gitmq.storage.remote import Credentials
 from gitmq.sync import SyncReport, SyncTarget, remote_tag_ref, sync_once, tracking_ref
 
@@ -480,6 +482,53 @@ def test_a_prune_during_a_sync_never_drops_the_tag_that_sync_is_pushing(
     assert synced(a, ta).pushed_tags == 1  # c at 249 now
     assert prune(a, max_messages=10, consumers=["c"], synced=True).boundary == old[249]
     fsck(a.git_dir)
+
+
+def test_copies_left_behind_by_reparenting_leave_with_the_prune(
+    git_daemon: GitDaemon,
+    central: Path,
+    storages: dict[str, Storage],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sync re-parents unpushed messages when another node pushed first; the copies from
+    before are unreachable. Once older than the grace period a prune deletes them too:
+    otherwise a node keeps a copy of most of what it ever published, whatever the policy."""
+    url = git_daemon.url("central.git")
+    a, b = storages["a"], storages["b"]
+    ta, tb = target(url, "a"), target(url, "b")
+    reparented = 0
+    for round_ in range(10):
+        fill(a, 50, start=1000 * round_)
+        fill(b, 50, start=1000 * round_ + 500)
+        synced(b, tb)
+        reparented += synced(a, ta).reparented
+    assert reparented >= 450
+    fresh = a.write_commits([_unreferenced_commit()])[0]  # as a writer just before its CAS
+    young = prune(a, max_messages=100, synced=True)
+    assert young.kept == 100 and is_present(a, fresh)
+    assert objects(a.git_dir)["count"] + objects(a.git_dir)["in-pack"] >= 100 + reparented
+    monkeypatch.setattr(git_history, "ORPHAN_GRACE", 0.0)
+    fill(a, 50, start=50_000)
+    synced(a, ta)
+    old = prune(a, max_messages=100, synced=True)
+    assert old.kept == 100
+    assert objects(a.git_dir)["count"] + objects(a.git_dir)["in-pack"] <= 100 + 2
+    a.repack_now()  # what is kept may be loose (4 KiB each) until GitMQ's own packing runs
+    assert a.disk_usage() <= 100 * BYTES_PER_KEPT + 64 * 1024
+    assert not is_present(a, fresh)
+    fsck(a.git_dir)
+    assert synced(a, ta).ok and synced(b, tb).ok
+    fill(a, 5, start=60_000)
+    assert synced(a, ta).pushed_messages == 5
+    fsck(a.git_dir)
+
+
+def _unreferenced_commit() -> bytes:
+    """A commit as a writer makes it (committer time: now), before it moves a ref to it."""
+    stamp = f"{int(time.time())} +0000"
+    return (
+        f"tree {EMPTY_TREE}\nauthor A <a@test> {stamp}\ncommitter A <a@test> {stamp}\n\nx\n"
+    ).encode()
 
 
 def test_a_synced_queue_that_was_never_pushed_keeps_everything(
