@@ -96,7 +96,8 @@ def drop_unreferenced(git_dir: Path, candidates: set[str], progress: Progress) -
 
 def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
     reachable = set(gitcli.run(git_dir, ["rev-list", "--all"]).stdout.decode().split())
-    doomed = (doomed | orphans(git_dir, reachable, time.time() - ORPHAN_GRACE)) - reachable
+    doomed -= reachable
+    doomed |= orphans(git_dir, reachable | doomed, time.time() - ORPHAN_GRACE)
     if not doomed:
         return Dropped(0, 0)
     before = _objects_bytes(git_dir)
@@ -110,15 +111,16 @@ def _remove(git_dir: Path, doomed: set[str], progress: Progress) -> Dropped:
     return Dropped(len(doomed), max(0, before - _objects_bytes(git_dir)))
 
 
-def orphans(git_dir: Path, reachable: set[str], before: float) -> set[str]:
-    """Unreachable commits written before ``before`` (epoch seconds)."""
+def orphans(git_dir: Path, known: set[str], before: float) -> set[str]:
+    """Commits not in ``known`` (the reachable ones and those already being dropped)
+    written before ``before`` (epoch seconds)."""
     listing = gitcli.run(
         git_dir, ["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]
     ).stdout.decode()
     candidates = [
         sha
         for sha, kind in (line.split() for line in listing.splitlines())
-        if kind == "commit" and sha not in reachable
+        if kind == "commit" and sha not in known
     ]
     if not candidates:
         return set()
@@ -206,10 +208,18 @@ def _rewrite_packs(git_dir: Path, doomed: set[str], progress: Progress) -> None:
 
 
 def _delete_loose(git_dir: Path, doomed: set[str]) -> None:
-    objects = git_dir / "objects"
-    for sha in doomed:
-        with contextlib.suppress(FileNotFoundError):
-            (objects / sha[:2] / sha[2:]).unlink()
+    """Unlink the loose objects in ``doomed`` (listing the few loose files is much
+    cheaper than trying every doomed name, most of which are packed)."""
+    with os.scandir(git_dir / "objects") as top:
+        fanouts = [d.path for d in top if len(d.name) == 2 and d.is_dir()]
+    for fanout in fanouts:
+        prefix, names = os.path.basename(fanout), []
+        with contextlib.suppress(FileNotFoundError):  # git prune-packed removes empty ones
+            names = os.listdir(fanout)
+        for name in names:
+            if prefix + name in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(fanout, name))
 
 
 def _objects_bytes(git_dir: Path) -> int:
