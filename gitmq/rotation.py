@@ -244,23 +244,29 @@ def expired(
     segment, it is beyond the newest ``keep_segments`` closed ones, and (with
     ``max_age``) it closed longer ago than that. Segment 0 is never deleted."""
     confirmed = rot.confirmed(storage)
-    histories = {n: set(storage.commits_between(None, tip)) for n, tip in confirmed}
-    positions = set(tags)
-    inside = [n for n, history in histories.items() if positions & history]
-    earliest_reader = min(inside, default=max(histories, default=0))
-    numbers = [n for n, _ in confirmed]
+    numbers = {n for n, _ in confirmed}
     closed = [
-        (n, tip)
-        for n, tip in confirmed
-        if 1 <= n < earliest_reader and n + 1 in numbers and _is_close(storage, tip)
+        (n, tip) for n, tip in confirmed if n >= 1 and n + 1 in numbers and _is_close(storage, tip)
     ]
-    out = []
+    candidates = []
     for number, tip in closed[: max(0, len(closed) - rot.policy.keep_segments)]:
         if rot.policy.max_age is not None and (
             now.timestamp() - storage.read(tip).time.timestamp() < rot.policy.max_age
         ):
             break
-        out.append((segment_branch(rot.queue, number), tip, histories[number]))
+        candidates.append(number)
+    if not candidates:
+        return []  # the common case: no segment history is read at all
+    positions = set(tags)
+    out = []
+    for number, tip in confirmed:  # oldest first, segment 0 included
+        if number > candidates[-1]:
+            break
+        history = set(storage.commits_between(None, tip))
+        if positions & history:
+            break  # a consumer is here: this segment and every later one stay
+        if number in candidates:
+            out.append((segment_branch(rot.queue, number), tip, history))
     return out
 
 
