@@ -38,4 +38,6 @@ def setup(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # A sync that outlasts its interval makes APScheduler warn "maximum number
+    # of running instances reached" every cycle: expected, coalesced, not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
