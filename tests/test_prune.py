@@ -484,6 +484,7 @@ def test_a_prune_during_a_sync_never_drops_the_tag_that_sync_is_pushing(
     fsck(a.git_dir)
 
 
+@pytest.mark.slow
 def test_copies_left_behind_by_reparenting_leave_with_the_prune(
     git_daemon: GitDaemon,
     central: Path,

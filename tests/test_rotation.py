@@ -361,6 +361,7 @@ def test_a_node_offline_across_a_segment_deletion_loses_nothing(
     fsck(central)
 
 
+@pytest.mark.slow
 def test_a_new_consumer_starts_at_the_oldest_segment_still_there(
     nodes: Nodes, central: Path
 ) -> None:
