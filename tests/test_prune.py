@@ -8,6 +8,7 @@ producer processes and ``gitmq prune`` processes at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pty
@@ -32,6 +33,7 @@ from util import (
     git_text,
     gitmq,
     kill_all,
+    lines_of,
     ok,
     run,
     start,
@@ -376,6 +378,48 @@ def test_without_keep_unconsumed_a_lagging_tag_moves_to_the_boundary_and_is_logg
     ]
     assert deliver(reader(s, "lag")) == payloads[2001:]
     fsck(s.git_dir)
+
+
+def test_the_node_logs_a_tag_its_prune_job_moved_forward(tmp_path: Path) -> None:
+    """A ``gitmq node`` whose prune job (every second) has to move a lagging tag."""
+    config = write_config(
+        tmp_path / "node.yml",
+        {
+            "node": {"name": "n"},
+            "storage": {"path": "storage.git"},
+            "queues": {
+                QUEUE: {"prune": {"max_messages": 100, "keep_unconsumed": False, "schedule": "1s"}}
+            },
+        },
+    )
+    with Storage(tmp_path / "storage.git") as s:
+        fill(s, 500)
+        old = history(s)
+        assert s.compare_and_swap("refs/tags/offline", old[10], None)
+    log = tmp_path / "node.log"
+    with log.open("wb") as out:
+        node = start([*GITMQ, "node", "--config", config, "--log-format", "json"], stderr=out)
+    try:
+        records = wait_for(
+            lambda: [r for r in map(json.loads, lines_of(log)) if "prune" in r],
+            30,
+            "the node's prune job",
+            interval=0.05,
+            procs=[node],
+        )
+    finally:
+        kill_all([node])
+    assert records[0]["prune"]["moved"] == ["offline"]
+    assert records[0]["prune"]["boundary"] == old[400]
+    warnings = [r for r in map(json.loads, lines_of(log)) if r["level"] == "warning"]
+    assert [(w["logger"], w["message"]) for w in warnings] == [
+        (
+            "gitmq.prune",
+            f"prune: consumer offline had not finished messages older than the policy keeps; "
+            f"its tag moved forward to {old[400][:12]}",
+        )
+    ]
+    assert git_text(tmp_path / "storage.git", "rev-parse", "refs/tags/offline") == old[400]
 
 
 def test_the_remotes_copy_of_a_tag_is_a_floor_even_without_keep_unconsumed(
