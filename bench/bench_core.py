@@ -79,6 +79,13 @@ class Workspace:
         self.repos.append(path)
         return path
 
+    def remove(self, *paths: Path) -> None:
+        """Remove repositories early (the disk test wants the space)."""
+        for path in paths:
+            wait_packing_idle(path, timeout=600)
+            shutil.rmtree(path, ignore_errors=True)
+            self.repos.remove(path)
+
     def cleanup(self) -> None:
         for repo in self.repos:
             wait_packing_idle(repo, timeout=600)
@@ -262,50 +269,60 @@ def bench_consume(storage: Storage, backlog: int, repeat: int) -> tuple[float, f
 def warm_up(storage: Storage, count: int) -> None:
     """Single publishes to another queue, then packing, untimed.
 
-    A brand-new repository is slower than a used one for a while (its first
-    few thousand file creations touch never-used file-system metadata: in one
-    test 1,000 us per publish for the first 500, 590 us after 1,000), which
-    would be mistaken for history making things faster. Both sides of the
-    history probe get the same warm-up, so only the history differs."""
+    A brand-new repository is slower than a used one for a while (in one test
+    1,000 us per publish for its first 500 messages, 590 us after 1,000), and
+    a directory made minutes earlier is faster than one made just now (806 vs
+    990 us), whatever the history. So both sides of the history probe are
+    made at the same moment and get the same warm-up: only history differs."""
     producer = Producer(storage, "warmup", author=IDENTITY)
     for i in range(count):
         producer.publish(payload(i))
     wait_packing_idle(storage.git_dir, storage)
 
 
+#: The sides of the history probe: (key, which storage, which queue).
+PROBE_SIDES = (("0", "fresh", "bench"), ("q0", "big", "empty"), ("n", "big", "bench"))
+
+
 def probe_history(fresh: Path, big: Path, sizes: Sizes, repeat: int) -> dict[str, float]:
-    """Microseconds per message of single publishes, then of poll()+ack() of them,
-    on a queue without history and on one with it, in alternating chunks."""
-    probe = sizes.probe
-    spent = dict.fromkeys(("publish_at_0", "publish_at_n", "consume_at_0", "consume_at_n"), 0.0)
-    step = probe // CHUNKS
+    """Microseconds per message of single publishes, then of poll()+ack() of them.
+
+    Three sides, in rotating order over 5 chunks: the queue of a fresh storage
+    (``0``), a new empty queue in the storage with history (``q0``: the same
+    file system state as ``n``, so any difference is the queue's own
+    history), and the queue holding the history (``n``)."""
+    keys = [key for key, _, _ in PROBE_SIDES]
+    spent = {f"{what}_at_{key}": 0.0 for what in ("publish", "consume") for key in keys}
+    step = sizes.probe // CHUNKS
     with Storage(fresh) as s0, Storage(big) as sn:
-        for storage in (s0, sn):
+        storages = {"fresh": s0, "big": sn}
+        for storage in storages.values():
             warm_up(storage, sizes.warmup)
         sides = {}
-        for key, storage in (("0", s0), ("n", sn)):
-            consumer = Consumer(storage, f"probe-{repeat}", "bench")
-            if storage.read_ref("refs/heads/bench") is not None:
+        for key, where, queue in PROBE_SIDES:
+            storage = storages[where]
+            consumer = Consumer(storage, f"probe-{repeat}-{key}", queue)
+            if storage.read_ref(f"refs/heads/{queue}") is not None:
                 consumer.seek("end")
-            sides[key] = (storage, Producer(storage, "bench", author=IDENTITY), consumer)
+            sides[key] = (Producer(storage, queue, author=IDENTITY), consumer)
         for chunk in range(CHUNKS):
-            for key in sorted(sides, reverse=chunk % 2 == 1):
-                producer = sides[key][1]
+            for key in keys[chunk % 3 :] + keys[: chunk % 3]:
+                producer = sides[key][0]
                 start = time.perf_counter()
                 for i in range(chunk * step, (chunk + 1) * step):
                     producer.publish(payload(i))
                 spent[f"publish_at_{key}"] += time.perf_counter() - start
-        for storage, _, _ in sides.values():
+        for storage in storages.values():
             wait_packing_idle(storage.git_dir, storage)
         for chunk in range(CHUNKS):
-            for key in sorted(sides, reverse=chunk % 2 == 1):
-                consumer = sides[key][2]
+            for key in keys[chunk % 3 :] + keys[: chunk % 3]:
+                consumer = sides[key][1]
                 start = time.perf_counter()
                 done = poll_and_ack(consumer, limit=step)
                 spent[f"consume_at_{key}"] += time.perf_counter() - start
                 if done != step:
                     raise RuntimeError(f"probe consumed {done} messages, expected {step}")
-        for storage, _, _ in sides.values():
+        for storage in storages.values():
             wait_packing_idle(storage.git_dir, storage)
     return {k: v / (step * CHUNKS) * 1e6 for k, v in spent.items()}
 
@@ -353,7 +370,7 @@ class Results:
     )
     history: dict[str, list[float]] = field(
         default_factory=lambda: {
-            k: [] for k in ("publish_at_0", "consume_at_0", "publish_at_n", "consume_at_n")
+            f"{what}_at_{key}": [] for what in ("publish", "consume") for key, _, _ in PROBE_SIDES
         }
     )
     history_layout: dict[str, int] = field(default_factory=dict)
@@ -433,17 +450,20 @@ def report(res: Results) -> str:
     m = min(len(v) for v in h.values())
     if m:
         out.append(rule)
+        n_text = f"{res.sizes.history:,}"
         for key, label in (("publish", "publish()"), ("consume", "poll()+ack()")):
-            at0, atn = h[f"{key}_at_0"][:m], h[f"{key}_at_n"][:m]
-            out.append(row(f"{label} cost, 0 history", "us/msg", at0))
-            out.append(
-                row(
-                    f"{label} cost, {res.sizes.history:,} history",
-                    "us/msg",
-                    atn,
-                    *ratio_cell(atn, at0, 1.2, at_most=True, of=" of 0"),
-                )
+            at0, atq, atn = (h[f"{key}_at_{side}"][:m] for side in ("0", "q0", "n"))
+            lines = (
+                (f"{label}: fresh storage, new queue", at0, None, ""),
+                (f"{label}: {n_text}-msg storage, new queue", atq, at0, " of fresh"),
+                (f"{label}: {n_text}-msg storage+queue", atn, at0, " of fresh"),
             )
+            for name, values, against, of in lines:
+                cells = ratio_cell(values, against, 1.2, at_most=True, of=of) if against else ()
+                out.append(row(name, "us/msg", values, *cells))
+            same = [n / q for n, q in zip(atn, atq, strict=True)]
+            text, goal = ratio_cell(atn, atq, 1.2, at_most=True, of=" of new q")
+            out.append(row("  (queue history alone: same storage)", "ratio", same, text, goal))
     if res.disk:
         out.extend([rule, *disk_lines(res.disk)])
     return "\n".join(out)
@@ -516,16 +536,16 @@ def run(res: Results, tmpdir: str | None) -> None:
                 wait_packing_idle(path, storage)
             res.rates["pull"].append(pull)
             res.rates["push"].append(push)
-        say(f"history: building {sizes.history:,} messages with publish_many")
-        big = ws.new_dir("history")
-        with Storage(big) as storage:
-            fill(storage, big, sizes.history)
-        res.history_layout = disk_usage(big)
         for r in range(res.repeats):
-            say(f"history repeat {r + 1}/{res.repeats}")
-            costs = probe_history(ws.new_dir("history0"), big, sizes, r)
+            say(f"history repeat {r + 1}/{res.repeats}: {sizes.history:,} messages, then probes")
+            fresh, big = ws.new_dir("history0"), ws.new_dir("history")
+            with Storage(big) as storage:
+                fill(storage, big, sizes.history)
+            res.history_layout = disk_usage(big)
+            costs = probe_history(fresh, big, sizes, r)
             for key, value in costs.items():
                 res.history[key].append(value)
+            ws.remove(fresh, big)
         say(f"disk: {sizes.disk:,} single publishes")
         res.disk = bench_disk(ws, sizes.disk, say)
 

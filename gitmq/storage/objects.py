@@ -62,14 +62,15 @@ def write_loose(objects_dir: Path, kind: int, body: bytes, *, fsync: bool = Fals
 
 def _create_temp(folder: str) -> tuple[str, int]:
     """A new read-only ``tmp_obj_*`` file in ``folder`` (created if needed), open to write."""
-    while True:
+    for _ in range(100):
         tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{next(_temp_numbers)}")
         try:
             return tmp, os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444)
-        except FileNotFoundError:
+        except FileNotFoundError:  # a repack removed it since, or it never existed
             os.makedirs(folder, exist_ok=True)
         except FileExistsError:
             continue  # left by a killed process that had our pid: take the next name
+    raise OSError(f"cannot create a temporary object file in {folder}")
 
 
 def _finalize(tmp: str, final: str) -> None:
