@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +26,8 @@ log = logging.getLogger("gitmq.consumer")
 
 Handler = Callable[[Message], object]
 POLL_INTERVAL = 0.02
+ACK_BATCH = 100
+ACK_EVERY = 0.05
 
 
 def dead_letter_queue(branch: str) -> str:
@@ -188,16 +191,36 @@ class Consumer:
         return (self.source.state(), self.position)
 
     def deliver_pending(self, handler: Handler) -> int:
-        """Deliver what is pending now (the body of the delivery loop); returns a count."""
-        done = 0
-        for message in self._pending():
-            if message.control is not None:
-                self.ack(message)  # a segment marker: nothing to handle
-                continue
-            if self._stop.is_set() or not self._handle(handler, message):
-                break
-            done += 1
+        """Deliver what is pending now (the body of the delivery loop); returns a count.
+
+        The tag moves after the handlers ran, in one compare-and-swap per
+        ``ACK_BATCH`` messages or ``ACK_EVERY`` seconds, whichever comes first:
+        a tag update costs more than a fast handler, and a crash still only
+        redelivers (at most the messages since the last move), never skips.
+        """
+        done = unacked = 0
+        acked, last = self.position, None
+        since = time.monotonic()
+        try:
+            for message in self._pending():
+                if message.control is None:  # a segment marker has nothing to handle
+                    if self._stop.is_set() or not self._handle(handler, message):
+                        break
+                    done += 1
+                last, unacked = message, unacked + 1
+                if unacked >= ACK_BATCH or time.monotonic() - since >= ACK_EVERY:
+                    acked, unacked, since = self._move_tag(acked, last), 0, time.monotonic()
+        finally:
+            if last is not None and last.sha != acked:
+                self._move_tag(acked, last)
         return done
+
+    def _move_tag(self, expected: str | None, message: Message) -> str:
+        """Move the tag from ``expected`` to ``message``: the messages in between are
+        exactly the ones just delivered, so no ancestry check is needed."""
+        if not self.storage.compare_and_swap(self.tag_ref, message.sha, expected):
+            self.ack(message)  # moved meanwhile (sync resumed it): take the checked path
+        return message.sha
 
     def _handle(self, handler: Handler, message: Message) -> bool:
         """Run the handler with retries; False when stopped before it succeeded."""
@@ -219,11 +242,9 @@ class Consumer:
                 )
                 log.debug("%s", traceback.format_exc())
                 continue
-            self.ack(message)
             self.delivered += 1
             return True
         self._dead_letter(message, error, self.retry.max_attempts)
-        self.ack(message)
         return True
 
     def _dead_letter(self, message: Message, error: str, attempts: int) -> None:
