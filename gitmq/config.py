@@ -80,6 +80,7 @@ class SyncConfig:
     interval: float = 5.0
     jitter: float = 0.0
     max_push_attempts: int = 5
+    poll: float | None = None  # fetch-only cycles in between: lower latency, no more pushes
 
 
 @dataclass(frozen=True)
@@ -459,10 +460,13 @@ def _sync(sec: Section | None) -> SyncConfig:
         interval=sec.duration("interval", 5.0),
         jitter=sec.duration("jitter", 0.0),
         max_push_attempts=sec.number("max_push_attempts", 5, minimum=1),
+        poll=sec.duration("poll"),
     )
     sec.done()
     if config.interval <= 0:
         raise sec.error("interval", "must be more than 0s")
+    if config.poll is not None and not 0 < config.poll < config.interval:
+        raise sec.error("poll", "must be more than 0s and less than sync.interval")
     return config
 
 

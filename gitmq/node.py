@@ -111,6 +111,19 @@ class Node:
         """One sync cycle with every remote (the body the scheduler calls)."""
         return [self.sync_remote(name) for name in self.targets]
 
+    def listen_remote(self, name: str) -> SyncReport | None:
+        """A fetch-only cycle between full syncs (``sync.poll``); skipped while a
+        sync runs."""
+        if not self._sync_lock.acquire(blocking=False):
+            return None
+        try:
+            report = sync_once(self.storage, self.targets[name], listen_only=True)
+        finally:
+            self._sync_lock.release()
+        if report.fetched or not report.ok:
+            log.info("listen %s", report.line(), extra={"sync": vars(report)})
+        return report
+
     def sync_remote(self, name: str) -> SyncReport:
         with self._sync_lock:
             report = sync_once(self.storage, self.targets[name])
@@ -170,9 +183,7 @@ class Node:
 
     # ------------------------------------------------------------ the daemon
 
-    def run(
-        self, stop: threading.Event, extra_jobs: Callable[[BackgroundScheduler], None] | None = None
-    ) -> int:
+    def run(self, stop: threading.Event) -> int:
         """Run until ``stop`` is set, then drain, push what is pending and return 0."""
         scheduler = BackgroundScheduler(timezone=UTC)
         for name in self.targets:
@@ -188,9 +199,17 @@ class Node:
                 misfire_grace_time=None,
                 next_run_time=datetime.now(UTC),
             )
+            if self.config.sync.poll:
+                scheduler.add_job(
+                    self.listen_remote,
+                    IntervalTrigger(seconds=self.config.sync.poll),
+                    args=[name],
+                    id=f"listen-{name}",
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                )
         self._schedule_prunes(scheduler)
-        if extra_jobs:
-            extra_jobs(scheduler)
         for consumer, handler in self.consumers:
             consumer.consume(handler)
         scheduler.start()

@@ -122,9 +122,11 @@ class _Cycle:
             out += rotation.branches(self.storage, rot, remote_refs) if rot else [queue]
         return out
 
-    def run(self) -> None:
+    def run(self, listen_only: bool = False) -> None:
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
         gone = self.fetch_changed(remote_refs, self.branches(remote_refs))
+        if listen_only:
+            return
         for rot in self.rotating.values():
             self.report.moved_to_next_segment += rotation.settle(self.storage, rot, self.now())
         for rot, branch, history in gone:
@@ -321,15 +323,19 @@ def sync_once(
     *,
     now: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    listen_only: bool = False,
 ) -> SyncReport:
-    """Run one sync cycle against ``target``; never raises for remote trouble."""
+    """Run one sync cycle against ``target``; never raises for remote trouble.
+
+    ``listen_only`` stops after the fetch: new remote messages become
+    deliverable without a push (``sync.poll``: lower latency, same pushes)."""
     report = SyncReport(target.remote)
     started = time.monotonic()
     clock = now or (lambda: datetime.now(UTC))
     with storage.exclusive(sync_lock(target.remote)):
         for attempt in range(1, target.max_attempts + 1):
             try:
-                _Cycle(storage, target, report, clock).run()
+                _Cycle(storage, target, report, clock).run(listen_only)
                 break
             except PushRejected as exc:
                 report.rejections += 1

@@ -115,6 +115,26 @@ def test_messages_flow_from_one_node_to_another(
     fsck(central)
 
 
+def test_a_listen_only_cycle_fetches_new_messages_and_never_pushes(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    a, b = storages["a"], storages["b"]
+    url = git_daemon.url("central.git")
+    producer(a, "a").publish("from a")
+    synced(a, target(url, "a"))
+    mine = producer(b, "b").publish("from b, not pushed yet")
+    before = rev_parse(central, "refs/heads/orders")
+
+    report = sync_once(b, target(url, "b"), listen_only=True)
+
+    assert report.ok and (report.fetched, report.pushes) == (1, 0)
+    assert rev_parse(central, "refs/heads/orders") == before
+    assert [m.text for m in consumer(b, "shipping").poll()] == ["from a"]
+    assert head(b) == mine.sha  # the unpushed message waits for the next full sync
+    synced(b, target(url, "b"))
+    assert_landed_once(central, "orders", ["from a", "from b, not pushed yet"])
+
+
 def test_unpushed_messages_are_reparented_keeping_author_date_payload_and_headers(
     git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
 ) -> None:
