@@ -217,9 +217,11 @@ class Lab:
     their git children) and removes the directory, whatever happened.
     """
 
-    def __init__(self, parent: str | None, interval: float, jitter: float) -> None:
+    def __init__(
+        self, parent: str | None, interval: float, jitter: float, poll: float | None = None
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="gitmq-bench-sync-", dir=parent))
-        self.interval, self.jitter = interval, jitter
+        self.interval, self.jitter, self.poll = interval, jitter, poll
         self.procs: list[subprocess.Popen[bytes]] = []
         self.storages: list[Path] = []
         self.port = 0
@@ -273,7 +275,8 @@ class Lab:
             "node": {"name": name, "identity": {"name": f"Bench {name}", "email": f"{name}@b"}},
             "storage": {"path": "storage.git"},
             "remotes": {"central": {"url": url, "timeout": "30s"}},
-            "sync": {"interval": self.interval, "jitter": self.jitter},
+            "sync": {"interval": self.interval, "jitter": self.jitter}
+            | ({"poll": self.poll} if self.poll else {}),
             "queues": {queue: {"remote": "central"}},
         }
         if consumer:
@@ -611,6 +614,7 @@ class Results:
     interval: float
     jitter: float
     sizes: Sizes
+    poll: float | None
     machine: dict[str, Any]
     latency: list[LatencyRound] = field(default_factory=list)
     throughput: list[ThroughputRound] = field(default_factory=list)
@@ -621,6 +625,7 @@ class Results:
             "repeats": self.repeats,
             "interval": self.interval,
             "jitter": self.jitter,
+            "poll": self.poll,
             "sizes": vars(self.sizes),
             "machine": self.machine,
             "latency": [vars(r) for r in self.latency],
@@ -676,7 +681,7 @@ def report(res: Results) -> str:
         )
         out.append(
             f"1. latency A -> B, {len(lat)} round(s) of {n} messages at {res.sizes.rate:g}/s, "
-            f"interval {res.interval:g}s, jitter {res.jitter:g}s "
+            f"interval {res.interval:g}s, jitter {res.jitter:g}s, poll {res.poll or 0:g}s "
             f"(p50 by B's sync phase after A's: {by_phase})"
         )
         out.append(row("  publish on A -> handler on B: p50", "s", p50, "", verdict(p50, 1.5, "s")))
@@ -822,7 +827,7 @@ def run(res: Results, tmpdir: str | None, parts: Sequence[str]) -> None:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    lab = Lab(tmpdir, res.interval, res.jitter)
+    lab = Lab(tmpdir, res.interval, res.jitter, res.poll)
     try:
         lab.start_daemon()
         say(f"lab {lab.root}; git daemon on 127.0.0.1:{lab.port}; {res.sizes}")
@@ -847,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="sync interval, s (1)")
     parser.add_argument("--jitter", type=float, default=0.0, help="sync jitter, s (0)")
     parser.add_argument(
+        "--poll", type=float, help="sync.poll, s: fetch-only cycles in between (default off)"
+    )
+    parser.add_argument(
         "--only",
         choices=("latency", "throughput"),
         help="run only the latency rounds (with the push counts) or the throughput rounds",
@@ -864,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         interval=args.interval,
         jitter=args.jitter,
         sizes=QUICK if args.quick else FULL,
+        poll=args.poll,
         machine={
             "python": platform.python_version(),
             "git": git_version.strip(),
