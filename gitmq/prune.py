@@ -137,7 +137,6 @@ def _prune(
         floor.held(),
         tuple(moved),
     )
-    log.info("prune %s", report.line())
     return report
 
 
