@@ -164,15 +164,8 @@ class _Cycle:
                 specs.append(f"+{ref}:{fetched_ref(mine)}")
                 before[mine] = known
             elif theirs is None and known is not None:
-                rot = next(
-                    (
-                        r
-                        for q, r in self.rotating.items()
-                        if branch != q and segment_number(q, branch)
-                    ),
-                    None,
-                )
-                if rot is not None:  # a segment another node deleted
+                rot = self.segment_owner(branch)
+                if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
         for consumer in t.consumers:
             ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
@@ -189,6 +182,12 @@ class _Cycle:
                 storage.delete_ref(fetched_ref(mine), tip)
                 self.report.fetched += storage.count(known, tip)
         return gone
+
+    def segment_owner(self, branch: str) -> rotation.Rotating | None:
+        """The rotating queue ``branch`` is a segment of (segment 0 included), if any."""
+        return next(
+            (r for q, r in self.rotating.items() if segment_number(q, branch) is not None), None
+        )
 
     def before(self, a: str, b: str) -> bool:
         """Whether consumer position ``a`` is at or before ``b`` in queue order
@@ -226,7 +225,7 @@ class _Cycle:
             theirs = storage.read_ref(remote_tag_ref(self.target.remote, consumer))
             if theirs is None or local == theirs:
                 continue
-            if (local is None or storage.is_ancestor(local, theirs)) and (
+            if (local is None or self.before(local, theirs)) and (
                 storage.compare_and_swap(tag, theirs, local)
             ):
                 self.report.tags_resumed += 1
@@ -284,7 +283,7 @@ class _Cycle:
         return True
 
     def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
-        if any(segment_number(q, queue) is not None for q in self.rotating):
+        if self.segment_owner(queue) is not None:
             local = rotation.push_limit(self.storage, local, confirmed)
             if local == confirmed:
                 return

@@ -276,20 +276,6 @@ class Storage:
         """Delete these commits from disk where no ref reaches them any more."""
         return history.drop_unreferenced(self.git_dir, shas, lambda _: None)
 
-    def append_bodies(
-        self, ref: str, bodies: Sequence[bytes], committer: Identity, now: datetime
-    ) -> list[str]:
-        """Re-parent raw message bodies onto the tip of ``ref`` and move it (one CAS)."""
-        with self.refs.locked(ref) as lock:
-            parent, placed = lock.current, []
-            for body in bodies:
-                moved = fmt.reparent(body, parent, committer, now)
-                placed.append(moved)
-                parent = self.commit_id(moved)
-            self._write_commits(placed)
-            lock.new = parent
-        return [self.commit_id(b) for b in placed]
-
     def disk_usage(self) -> int:
         """Bytes the whole repository takes on disk."""
         total = 0
@@ -315,10 +301,6 @@ class Storage:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-    def git(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-        """Run a git command in this repository (for the sync and prune layers)."""
-        return gitcli.run(self.git_dir, args, **kwargs)  # type: ignore[arg-type]
 
 
 def _parents(body: bytes) -> list[str]:
