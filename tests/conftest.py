@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import GitDaemon, SmartHttp, SshServer
+from nodes import Cluster
+from servers import GitDaemon, SmartHttp, SshServer, make_bare
+
+from gitmq.storage import Storage
 
 AUTHOR_NAME = "GitMQ Test"
 AUTHOR_EMAIL = "gitmq-test@example.invalid"
@@ -66,3 +69,31 @@ def ssh_server(tmp_path: Path) -> Iterator[SshServer]:
     root.mkdir(parents=True)
     with SshServer(root, tmp_path / "ssh") as server:
         yield server
+
+
+@pytest.fixture
+def central(git_daemon: GitDaemon) -> Path:
+    """An empty bare repository ``central.git`` served by the git daemon."""
+    return make_bare(git_daemon.root, "central.git")
+
+
+@pytest.fixture
+def storages(tmp_path: Path) -> Iterator[dict[str, Storage]]:
+    """Storages opened on first use by name (``storages["a"]``), closed at the end."""
+    opened: dict[str, Storage] = {}
+
+    class Opener(dict[str, Storage]):
+        def __missing__(self, name: str) -> Storage:
+            opened[name] = self[name] = Storage(tmp_path / "nodes" / f"{name}.git")
+            return opened[name]
+
+    yield Opener()
+    for storage in opened.values():
+        storage.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, git_daemon: GitDaemon, central: Path) -> Iterator[Cluster]:
+    """Node processes (tests/nodes.py) against ``central``, all stopped at the end."""
+    with Cluster(tmp_path / "nodes", git_daemon.url("central.git")) as nodes:
+        yield nodes

@@ -11,7 +11,6 @@ import itertools
 import shutil
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from nodes import (
     in_producer_order,
     landed_ids,
 )
-from servers import GitDaemon, make_bare
+from servers import GitDaemon
 from util import GITMQ, WORKERS, kill_all, ok, rev_parse, run, start, wait_for
 
 from gitmq import Identity, Producer, Storage
@@ -33,17 +32,6 @@ pytestmark = pytest.mark.slow
 
 DELIVERY_TIMEOUT = 180.0
 BACKLOG = 1000  # messages per round of the kill test: enough for a push to take a while
-
-
-@pytest.fixture
-def central(git_daemon: GitDaemon) -> Path:
-    return make_bare(git_daemon.root, "central.git")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, git_daemon: GitDaemon, central: Path) -> Iterator[Cluster]:
-    with Cluster(tmp_path / "nodes", git_daemon.url("central.git")) as nodes:
-        yield nodes
 
 
 def publish_backlog(node: TestNode, tag: str, first: int, count: int) -> list[str]:

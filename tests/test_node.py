@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ from servers import GitDaemon, SmartHttp, SshServer, make_bare
 from util import fails, git, ok, rev_parse, wait_for
 
 from gitmq import Identity, Producer, Storage
-
-
-@pytest.fixture
-def central(git_daemon: GitDaemon) -> Path:
-    return make_bare(git_daemon.root, "central.git")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, git_daemon: GitDaemon, central: Path) -> Iterator[Cluster]:
-    with Cluster(tmp_path / "nodes", git_daemon.url("central.git")) as nodes:
-        yield nodes
 
 
 def local_count(node: TestNode, queue: str = "orders") -> int:

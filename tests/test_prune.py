@@ -16,14 +16,14 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nodes import Cluster, assert_landed_once, in_producer_order, write_config
-from servers import GitDaemon, make_bare
+from servers import GitDaemon
 from util import (
     EMPTY_TREE,
     GITMQ,
@@ -155,25 +155,6 @@ def repo_state(git_dir: Path) -> dict[str, object]:
         "shallow": shallow.read_text() if shallow.exists() else None,
         "objects": files,
     }
-
-
-@pytest.fixture
-def central(git_daemon: GitDaemon) -> Path:
-    return make_bare(git_daemon.root, "central.git")
-
-
-@pytest.fixture
-def storages(tmp_path: Path) -> Iterator[dict[str, Storage]]:
-    opened: dict[str, Storage] = {}
-
-    class Opener(dict[str, Storage]):
-        def __missing__(self, name: str) -> Storage:
-            opened[name] = self[name] = Storage(tmp_path / "nodes" / f"{name}.git")
-            return opened[name]
-
-    yield Opener()
-    for storage in opened.values():
-        storage.close()
 
 
 # ------------------------------------------------------------------ by count, with a remote

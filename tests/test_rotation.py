@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from nodes import Cluster, TestNode, in_producer_order
-from servers import GitDaemon, make_bare
+from servers import GitDaemon
 from util import fsck, git, git_text, rev_parse, run, wait_for
 
 from gitmq import Consumer, Identity, Producer, Storage, rotation, segments, sync
@@ -115,11 +115,6 @@ class Nodes:
     def close(self) -> None:
         for node in self.all:
             node.storage.close()
-
-
-@pytest.fixture
-def central(git_daemon: GitDaemon) -> Path:
-    return make_bare(git_daemon.root, "central.git")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,26 +59,6 @@ def synced(storage: Storage, tgt: SyncTarget) -> SyncReport:
     report = sync_once(storage, tgt)
     assert report.ok, report.line()
     return report
-
-
-@pytest.fixture
-def central(git_daemon: GitDaemon) -> Path:
-    """An empty bare repository served by the git daemon."""
-    return make_bare(git_daemon.root, "central.git")
-
-
-@pytest.fixture
-def storages(tmp_path: Path) -> Iterator[dict[str, Storage]]:
-    opened: dict[str, Storage] = {}
-
-    class Opener(dict[str, Storage]):
-        def __missing__(self, name: str) -> Storage:
-            opened[name] = self[name] = Storage(tmp_path / "nodes" / f"{name}.git")
-            return opened[name]
-
-    yield Opener()
-    for storage in opened.values():
-        storage.close()
 
 
 def head(storage: Storage, queue: str = "orders") -> str | None:
