@@ -55,8 +55,9 @@ def segment_number(queue: str, branch: str) -> int | None:
 def segments(storage: Storage, queue: str, prefix: str = "refs/heads/") -> list[tuple[int, str]]:
     """The segments of ``queue`` under ``prefix``: (number, commit) oldest first."""
     parent = prefix + queue.rsplit("/", 1)[0] + "/" if "/" in queue else prefix
+    leaf = queue.rsplit("/", 1)[-1]
     found = []
-    for ref, sha in storage.list_refs_in(parent).items():
+    for ref, sha in storage.list_refs_in(parent, leaf).items():
         number = segment_number(queue, ref[len(prefix) :])
         if number is not None:
             found.append((number, sha))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,19 +98,21 @@ class RefStore:
                         found[name] = value
         return found
 
-    def list_in(self, directory: str) -> dict[str, str]:
-        """Refs directly inside ``directory`` (one level, cheap: one listdir)."""
+    def list_in(self, directory: str, name_prefix: str = "") -> dict[str, str]:
+        """Refs directly inside ``directory`` whose name starts with ``name_prefix``
+        (one level, cheap: one listdir, and only matching files are read)."""
+        start = directory + name_prefix
         found = {
             k: v
             for k, v in self.packed.items().items()
-            if k.startswith(directory) and "/" not in k[len(directory) :]
+            if k.startswith(start) and "/" not in k[len(directory) :]
         }
         try:
             names = os.listdir(self.git_dir / directory)
         except (FileNotFoundError, NotADirectoryError):
             return found
         for name in names:
-            if name.endswith(".lock"):
+            if name.endswith(".lock") or not name.startswith(name_prefix):
                 continue
             ref = directory + name
             if (self.git_dir / ref).is_file():
@@ -152,12 +155,13 @@ class RefLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StorageError(
-                f"cannot create ref {self.ref}: a ref with a prefix of that name exists"
-            ) from exc
+        if not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError) as exc:
+                raise StorageError(
+                    f"cannot create ref {self.ref}: a ref with a prefix of that name exists"
+                ) from exc
         if self.path.is_dir():
             raise StorageError(f"cannot create ref {self.ref}: refs named {self.ref}/... exist")
         deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
@@ -218,5 +222,8 @@ class RefLock:
             self.lock_path.unlink()
 
 
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
 def _is_sha(value: str) -> bool:
-    return len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+    return _SHA.fullmatch(value) is not None

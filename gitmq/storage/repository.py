@@ -184,9 +184,10 @@ class Storage:
     def list_refs(self, prefix: str) -> dict[str, str]:
         return self.refs.list(prefix)
 
-    def list_refs_in(self, directory: str) -> dict[str, str]:
-        """The refs directly in ``directory`` (e.g. ``refs/heads/``), not below it."""
-        return self.refs.list_in(directory)
+    def list_refs_in(self, directory: str, name_prefix: str = "") -> dict[str, str]:
+        """The refs directly in ``directory`` (e.g. ``refs/heads/``), not below it,
+        whose names start with ``name_prefix``."""
+        return self.refs.list_in(directory, name_prefix)
 
     # ---------------------------------------------------------------- reading
 
