@@ -34,6 +34,8 @@ PACK_BATCH_MIN = 64
 #: Objects written by one process before it starts a background repack.
 REPACK_AFTER_OBJECTS = 1000
 REPACK_AFTER_PACKS = 8
+#: Loose objects written by this object that make close() start a repack.
+CLOSE_REPACK_MIN = 100
 
 
 class Storage:
@@ -63,9 +65,15 @@ class Storage:
         self.close()
 
     def close(self) -> None:
-        """Stop the helper git processes this object holds."""
+        """Stop the helper git processes this object holds; leave no pile of loose
+        objects behind (a short-lived producer never reaches the repack trigger)."""
         with self._read_lock:
             self._repo.close()
+        if self._written_objects >= CLOSE_REPACK_MIN and (
+            self._repack is None or self._repack.poll() is not None
+        ):
+            self._repack = packing.start_background(self.git_dir)
+            self._written_objects = 0
         repack, self._repack = self._repack, None
         if repack is not None and repack.poll() is None:
             # Detached on purpose: a repack outlives us and cleans its own lock.
