@@ -209,18 +209,24 @@ class Consumer:
                     done += 1
                 last, unacked = message, unacked + 1
                 if unacked >= ACK_BATCH or time.monotonic() - since >= ACK_EVERY:
-                    acked, unacked, since = self._move_tag(acked, last), 0, time.monotonic()
+                    if not self._move_tag(acked, last):
+                        last = None
+                        break
+                    acked, unacked, since = last.sha, 0, time.monotonic()
         finally:
             if last is not None and last.sha != acked:
                 self._move_tag(acked, last)
         return done
 
-    def _move_tag(self, expected: str | None, message: Message) -> str:
+    def _move_tag(self, expected: str | None, message: Message) -> bool:
         """Move the tag from ``expected`` to ``message``: the messages in between are
-        exactly the ones just delivered, so no ancestry check is needed."""
-        if not self.storage.compare_and_swap(self.tag_ref, message.sha, expected):
-            self.ack(message)  # moved meanwhile (sync resumed it): take the checked path
-        return message.sha
+        exactly the ones just delivered, so no ancestry check is needed. False when
+        someone else moved the tag meanwhile (sync resumed it, or a seek): the pass
+        stops and the next one starts from wherever the tag is now."""
+        if self.storage.compare_and_swap(self.tag_ref, message.sha, expected):
+            return True
+        log.info("consumer %s: the tag moved during delivery; starting over from it", self.name)
+        return False
 
     def _handle(self, handler: Handler, message: Message) -> bool:
         """Run the handler with retries; False when stopped before it succeeded."""

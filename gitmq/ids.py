@@ -35,14 +35,3 @@ def new_id(now_ns: int | None = None) -> str:
     rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     return str(uuid.UUID(int=value))
-
-
-def id_time_ms(message_id: str) -> int | None:
-    """The millisecond timestamp inside a UUIDv7 id, or None for other ids."""
-    try:
-        value = uuid.UUID(message_id)
-    except ValueError:
-        return None
-    if value.version != 7:
-        return None
-    return value.int >> 80

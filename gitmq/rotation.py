@@ -101,7 +101,7 @@ def _close_if_due(storage: Storage, rot: Rotating, now: datetime) -> None:
     if due:
         storage.append(
             "refs/heads/" + segment_branch(rot.queue, number),
-            [close_draft(rot.committer)],
+            [close_draft(rot.committer, now)],
             rot.committer,
             lambda: now,
         )
@@ -169,8 +169,9 @@ def _evacuate(
     the local branch."""
     ref = "refs/heads/" + segment_branch(rot.queue, number)
     shas = [s for s in storage.commits_between(None, tip) if s not in landed]
-    storage.delete_ref(ref, tip)
-    return _move(storage, rot, shas, _live_ref(storage, rot), now)
+    moved = _move(storage, rot, shas, _live_ref(storage, rot), now)
+    storage.delete_ref(ref, tip)  # only now: a crash before this just moves them again
+    return moved
 
 
 def _move(storage: Storage, rot: Rotating, shas: list[str], target: str, now: datetime) -> int:
@@ -187,6 +188,7 @@ def _move(storage: Storage, rot: Rotating, shas: list[str], target: str, now: da
         landed = storage.commits_between(None, confirmed) if confirmed else []
         present = {fmt.message_id(storage.read_body(s)) for s in landed}
         present |= {fmt.message_id(body) for body in own}
+        present.discard(None)  # a message without an id (gem, plain git) always moves
         moved = []
         for sha in shas:
             body = storage.read_body(sha)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from gitmq import ids
 from gitmq.errors import ConsumerConflictError
@@ -70,9 +70,9 @@ def live_branch(storage: Storage, queue: str) -> str:
     return segment_branch(queue, found[-1][0]) if found else queue
 
 
-def close_draft(author: _Identity) -> Draft:
-    """A close marker for the live segment."""
-    now = datetime.now(UTC).replace(microsecond=0)
+def close_draft(author: _Identity, now: datetime) -> Draft:
+    """A close marker for the live segment, placed at ``now``."""
+    now = now.replace(microsecond=0)
     return Draft(ids.new_id(), b"", author, now, {}, control=CLOSE)
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from gitmq import message as fmt
 from gitmq import rotation
-from gitmq.errors import ConsumerConflictError, RemoteError
+from gitmq.errors import ConsumerConflictError, GitMQError
 from gitmq.message import Identity
 from gitmq.segments import OPEN, QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
@@ -250,11 +250,11 @@ class _Cycle:
                 if storage.compare_and_swap(local_ref, confirmed, local):
                     return
                 continue
-            if self.reparent(local_ref, local, confirmed):
-                continue  # re-read: the branch is now a fast-forward of the remote
+            self.reparent(local_ref, local, confirmed)  # then re-read: a fast-forward now
 
-    def reparent(self, local_ref: str, local: str, confirmed: str) -> bool:
-        """Replay the unpushed messages onto ``confirmed``; False if the branch moved."""
+    def reparent(self, local_ref: str, local: str, confirmed: str) -> None:
+        """Replay the unpushed messages onto ``confirmed`` (nothing if the branch moved
+        meanwhile: the caller re-reads it)."""
         storage = self.storage
         base = storage.merge_base(local, confirmed)
         landed = {
@@ -276,11 +276,9 @@ class _Cycle:
             bodies.append(new_body)
             parent = storage.commit_id(new_body)
         storage.write_commits(bodies)
-        if not storage.compare_and_swap(local_ref, parent, local):
-            return True
-        self.report.reparented += len(bodies)
-        self.report.duplicates_dropped += dropped
-        return True
+        if storage.compare_and_swap(local_ref, parent, local):
+            self.report.reparented += len(bodies)
+            self.report.duplicates_dropped += dropped
 
     def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
         if self.segment_owner(queue) is not None:
@@ -341,7 +339,7 @@ def sync_once(
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
                 if attempt < target.max_attempts:
                     sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-            except RemoteError as exc:
+            except GitMQError as exc:  # the remote, or a local git failure: report it
                 report.error = exc.message
                 break
         else:

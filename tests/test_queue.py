@@ -576,3 +576,26 @@ def test_a_handler_may_stop_its_own_consumer(storage: Storage, consumers: list[C
     assert seen == [b"one"]
     assert [m.payload for m in consumer.poll()] == [b"two"]
     assert consumer.last_error is None
+
+
+def test_a_seek_during_delivery_is_not_undone_by_the_batched_tag_move(
+    tmp_path: Path,
+) -> None:
+    with Storage(tmp_path / "q") as storage:
+        sent = Producer(storage, "orders").publish_many(["m0", "m1", "m2", "m3"])
+        consumer = Consumer(storage, "billing", "orders")
+        consumer.ack(sent[0])
+        seen: list[str] = []
+
+        def handler(message: Message) -> None:
+            seen.append(message.text)
+            if message.text == "m2" and seen.count("m2") == 1:
+                consumer.seek("beginning")  # e.g. an operator's `gitmq seek`
+
+        consumer.deliver_pending(handler)  # the pass may finish its batch (m3) ...
+        assert seen[:2] == ["m1", "m2"]
+        assert consumer.position is None  # ... but the seek stands
+        first_pass = len(seen)
+        consumer.deliver_pending(handler)
+        assert seen[first_pass:] == ["m0", "m1", "m2", "m3"]
+        assert consumer.position == sent[-1].sha

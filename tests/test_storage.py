@@ -283,3 +283,29 @@ def test_background_repack_keeps_the_repository_valid(tmp_path: Path) -> None:
         assert len(branch_shas(path, "orders")) == 650
         assert storage.count(None, storage.read_ref("refs/heads/orders")) == 650
     fsck(path)
+
+
+def test_a_writer_whose_lock_was_taken_over_changes_nothing(tmp_path: Path) -> None:
+    """A lock broken as stale while its holder still writes: the holder must not
+    rename the new owner's lock over the ref, nor delete it."""
+    with Storage(tmp_path / "q") as storage:
+        first = Producer(storage, "orders").publish("m0")
+        store = storage.refs
+        with (
+            pytest.raises(RefConflictError, match="taken over while held"),
+            store.locked("refs/heads/orders") as lock,
+        ):
+            lock.new = "1" * 40
+            lock.lock_path.unlink()  # another process broke it as stale ...
+            lock.lock_path.write_text("someone else's\n")  # ... and holds it now
+        assert storage.read_ref("refs/heads/orders") == first.sha
+        assert lock.lock_path.read_text() == "someone else's\n"
+
+
+def test_merge_base_of_a_missing_commit_is_an_error_not_no_history(tmp_path: Path) -> None:
+    with Storage(tmp_path / "q") as storage:
+        message = Producer(storage, "orders").publish("m0")
+        with pytest.raises(StorageError, match="merge-base"):
+            storage.merge_base(message.sha, "0123456789" * 4)
+        other = Producer(storage, "other").publish("unrelated root")
+        assert storage.merge_base(message.sha, other.sha) is None

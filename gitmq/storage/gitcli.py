@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gitmq.errors import GitCommandError, RemoteError
+from gitmq.errors import GitCommandError, RemoteError, StorageError
 
 # Variables of the caller's environment that git may still use. Everything
 # else that starts with GIT_ is dropped.
@@ -75,6 +75,10 @@ def run(
             check=False,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
+    except OSError as exc:  # no git on PATH, or no process could be started
+        raise StorageError(
+            f"cannot run git ({exc.strerror}); is git installed and on PATH?"
+        ) from exc
     except subprocess.TimeoutExpired as exc:
         shown = " ".join(shown_args(args))
         if network:
@@ -103,15 +107,3 @@ def shown_args(args: Sequence[str]) -> list[str]:
             continue
         out.append(a)
     return out
-
-
-def spawn_background(git_dir: Path, args: Sequence[str]) -> subprocess.Popen[bytes]:
-    """Start a git process that runs on its own (packing); the caller polls it."""
-    argv = ["git", *CONFIG_OVERRIDES, f"--git-dir={git_dir}", *args]
-    return subprocess.Popen(
-        argv,
-        env=hermetic_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )

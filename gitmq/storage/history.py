@@ -34,6 +34,7 @@ from pathlib import Path
 
 from gitmq.errors import StorageError
 from gitmq.storage import gitcli, packing
+from gitmq.storage.refs import STALE_LOCK_SECONDS
 
 Progress = Callable[[str], None]
 
@@ -152,6 +153,10 @@ def _update_shallow(
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):  # left by a killed process
+                if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+                    lock.unlink()
+                    continue
             if time.monotonic() > deadline:
                 raise StorageError(f"{lock} is held by another process; retry later") from None
             time.sleep(0.01)

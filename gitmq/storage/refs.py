@@ -153,6 +153,7 @@ class RefLock:
         self.current: str | None = None
         self.new: str | None = None
         self._fd: int | None = None
+        self._ino = -1
 
     def acquire(self) -> None:
         if not self.path.parent.is_dir():
@@ -169,6 +170,7 @@ class RefLock:
         while True:
             try:
                 self._fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._ino = os.fstat(self._fd).st_ino
                 break
             except FileExistsError:
                 if self._remove_if_stale():
@@ -209,15 +211,30 @@ class RefLock:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            if not self._still_ours():
+                raise RefConflictError(
+                    f"the lock on {self.ref} was taken over while held (this write took "
+                    f"longer than {STALE_LOCK_SECONDS:g}s); nothing was changed, try again"
+                )
             os.replace(self.lock_path, self.path)
         except BaseException:
             self.release()
             raise
 
+    def _still_ours(self) -> bool:
+        """Whether ``lock_path`` is still the file we created (not broken as stale
+        and re-taken by another writer)."""
+        try:
+            return os.stat(self.lock_path).st_ino == self._ino
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if not self._still_ours():
+            return  # never delete another writer's lock
         with contextlib.suppress(FileNotFoundError):
             self.lock_path.unlink()
 

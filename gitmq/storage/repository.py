@@ -297,7 +297,14 @@ class Storage:
     def merge_base(self, a: str, b: str) -> str | None:
         """The best common ancestor of two commits, or None when they share none."""
         proc = gitcli.run(self.git_dir, ["merge-base", a, b], check=False)
-        return proc.stdout.decode().strip() or None
+        if proc.returncode == 1 and not proc.stdout.strip():
+            return None
+        if proc.returncode != 0:  # a missing or corrupt object: never "no history"
+            raise GitCommandError(
+                ["git", "merge-base", a, b], proc.returncode, proc.stdout.decode(),
+                proc.stderr.decode(),
+            )
+        return proc.stdout.decode().strip()
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
