@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import yaml
 
 from gitmq import Identity, Message, Producer, Storage
 from gitmq.storage import packing
+from gitmq.storage.daemon import start_git_daemon
 from gitmq.storage.gitcli import hermetic_env
 
 IDENTITY = Identity("GitMQ Bench", "bench@example.invalid")
@@ -228,38 +228,8 @@ class Lab:
 
     # git daemon ---------------------------------------------------------
     def start_daemon(self) -> None:
-        for _ in range(20):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            proc = subprocess.Popen(
-                [
-                    "git",
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--enable=receive-pack",
-                    "--informative-errors",
-                    f"--base-path={self.root}",
-                    "--listen=127.0.0.1",
-                    f"--port={port}",
-                    str(self.root),
-                ],
-                env=hermetic_env(),
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            self.procs.append(proc)
-            deadline = time.monotonic() + 10
-            while proc.poll() is None and time.monotonic() < deadline:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        self.port = port
-                        return
-                time.sleep(0.02)
-            _kill_group(proc)
-        raise RuntimeError("could not start git daemon on 127.0.0.1")
+        proc, self.port = start_git_daemon(self.root)
+        self.procs.append(proc)
 
     def bare_repo(self, rel: str) -> tuple[Path, str]:
         """A new empty bare repository under the lab and its git:// url."""

@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from gitmq.errors import GitMQError
 from gitmq.message import Message
 from gitmq.storage import Storage
-from gitmq.storage.gitcli import hermetic_env
+from gitmq.storage.daemon import start_git_daemon
 from gitmq.sync import tracking_ref
 
 NODES = ("a", "b", "c")
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     daemon = nodes = None
     try:
         Storage(work / "central.git").close()
-        daemon, port = _start_daemon(work)
+        daemon, port = start_git_daemon(work)
         remote = f"git://127.0.0.1:{port}/central.git"
         print(f"central remote: {remote} (git daemon, pid {daemon.pid})")
         env = {**os.environ, "GITMQ_DEMO_DIR": str(work), "GITMQ_DEMO_REMOTE": remote}
@@ -149,38 +148,3 @@ def _start_node(config: Path, env: dict[str, str], name: str) -> subprocess.Pope
         ],
         env={**env, "GITMQ_DEMO_NODE": name},
     )
-
-
-def _start_daemon(root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    for _ in range(20):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen(
-            [
-                "git",
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                "--informative-errors",
-                f"--base-path={root}",
-                "--listen=127.0.0.1",
-                f"--port={port}",
-                str(root),
-            ],
-            env=hermetic_env(),
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return proc, port
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    raise GitMQError("could not start git daemon on 127.0.0.1 (is git installed?)")
