@@ -822,7 +822,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="sync interval, s (1)")
     parser.add_argument("--jitter", type=float, default=0.0, help="sync jitter, s (0)")
     parser.add_argument(
-        "--poll", type=float, help="sync.poll, s: fetch-only cycles in between (default off)"
+        "--poll",
+        type=float,
+        default=0.25,
+        help="sync.poll, s: fetch-only cycles in between (0.25; 0 turns them off)",
     )
     parser.add_argument(
         "--only",
@@ -842,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         interval=args.interval,
         jitter=args.jitter,
         sizes=QUICK if args.quick else FULL,
-        poll=args.poll,
+        poll=args.poll or None,
         machine={
             "python": platform.python_version(),
             "git": git_version.strip(),
