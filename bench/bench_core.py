@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import code_version
+
 from gitmq import Consumer, Identity, Producer, Storage
 from gitmq.storage import packing
 
@@ -102,19 +104,10 @@ def workspace(parent: str | None) -> Iterator[Workspace]:
 
 
 def wait_packing_idle(git_dir: Path, storage: Storage | None = None, timeout: float = 900) -> float:
-    """Wait until no GitMQ background repack runs on ``git_dir``; return seconds waited.
-
-    Storage has no public "wait for packing" call, so this waits on the child
-    it started (a private attribute) and then on the repack lock file.
-    """
-    start = time.perf_counter()
-    proc = getattr(storage, "_repack", None) if storage is not None else None
-    if proc is not None:
-        proc.wait(timeout)
-    lock = git_dir / packing.LOCK_NAME
-    while lock.exists() and time.perf_counter() - start < timeout:
-        time.sleep(0.05)
-    return time.perf_counter() - start
+    """Wait until no GitMQ background repack runs on ``git_dir``; return seconds waited."""
+    if storage is not None:
+        return storage.wait_for_packing(timeout)
+    return packing.wait_idle(git_dir, timeout)
 
 
 def timed(fn: Callable[[], int]) -> float:
@@ -501,18 +494,6 @@ def headline(res: Results) -> str:
         f"{m['git']}, Python {m['python']}, {m['cpus']} CPUs; "
         f"1-minute load average {start[0]:.1f} at start, {end[0]:.1f} at end"
     )
-
-
-def code_version() -> str:
-    """The commit of the GitMQ code measured, marked when gitmq/ has local changes."""
-    here = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True)
-        return out.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" + uncommitted changes" if git("status", "--porcelain", "gitmq") else "")
 
 
 def run(res: Results, tmpdir: str | None) -> None:

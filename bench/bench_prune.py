@@ -37,7 +37,6 @@ from pathlib import Path
 from gitmq import Identity, Producer, Storage
 from gitmq.config import PrunePolicy
 from gitmq.prune import prune_queue
-from gitmq.storage import packing
 
 QUEUE = "bench"
 IDENTITY = Identity("GitMQ Bench", "bench@example.invalid")
@@ -71,13 +70,6 @@ def allocated(path: Path) -> int:
     return int(out.stdout.split()[0])
 
 
-def wait_packing_idle(git_dir: Path, timeout: float = 900) -> None:
-    lock = git_dir / packing.LOCK_NAME
-    deadline = time.monotonic() + timeout
-    while lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 @dataclass
 class Case:
     keep: int
@@ -106,7 +98,7 @@ def build(path: Path, count: int) -> float:
         for first in range(0, count, BATCH):
             producer.publish_many([payload(i) for i in range(first, min(first + BATCH, count))])
         seconds = time.perf_counter() - start
-        wait_packing_idle(storage.git_dir)
+        storage.wait_for_packing()
         storage.repack_now()
     return seconds
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import code_version
 
 from gitmq import Identity, Message, Producer, Storage
 from gitmq.storage import packing
@@ -292,7 +293,7 @@ class Lab:
         for proc in reversed(self.procs):
             _kill_group(proc)
         for storage in self.storages:
-            _wait_packing_idle(storage, timeout=60)
+            packing.wait_idle(storage, timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def wait_for(
@@ -318,13 +319,6 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
-
-
-def _wait_packing_idle(git_dir: Path, timeout: float) -> None:
-    lock = git_dir / packing.LOCK_NAME
-    deadline = time.monotonic() + timeout
-    while lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def git(git_dir: Path | None, *args: str) -> float:
@@ -519,7 +513,7 @@ def throughput_round(lab: Lab, r: int, sizes: Sizes, say: Callable[[str], None])
         messages = Producer(storage, BULK, author=IDENTITY).publish_many(
             [payload(i) for i in range(n)]
         )
-    _wait_packing_idle(a.storage, timeout=300)
+    packing.wait_idle(a.storage, timeout=300)
     ids, tip = {m.id for m in messages}, messages[-1].sha
     # The baseline moves the very same commits between plain repositories.
     src, _ = lab.bare_repo(f"tp{r}-plain-src.git")
@@ -776,18 +770,6 @@ def headline(res: Results) -> str:
         f"{m['git']}, Python {m['python']}, {m['cpus']} CPUs; "
         f"1-minute load average {start[0]:.1f} at start, {end[0]:.1f} at end"
     )
-
-
-def code_version() -> str:
-    """The commit of the GitMQ code measured, marked when gitmq/ has local changes."""
-    here = BENCH_DIR.parent
-
-    def run(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True)
-        return out.stdout.strip()
-
-    head = run("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" + uncommitted changes" if run("status", "--porcelain", "gitmq") else "")
 
 
 # --------------------------------------------------------------------- main

@@ -309,3 +309,17 @@ def test_merge_base_of_a_missing_commit_is_an_error_not_no_history(tmp_path: Pat
             storage.merge_base(message.sha, "0123456789" * 4)
         other = Producer(storage, "other").publish("unrelated root")
         assert storage.merge_base(message.sha, other.sha) is None
+
+
+def test_wait_for_packing_returns_once_the_background_repack_packed_everything(
+    tmp_path: Path,
+) -> None:
+    with Storage(tmp_path / "q") as storage:
+        producer = Producer(storage, "orders")
+        for i in range(1000):  # the 1,000th loose object starts the background repack
+            producer.publish(f"m{i}")
+        storage.wait_for_packing(timeout=120)
+        assert not (storage.git_dir / "gitmq-repack.lock").exists()
+        loose = [p for p in (storage.git_dir / "objects").glob("[0-9a-f][0-9a-f]/*")]
+        assert len(loose) < 1000
+        assert list((storage.git_dir / "objects" / "pack").glob("*.pack"))

@@ -78,6 +78,14 @@ def held(git_dir: Path, timeout: float = 600.0) -> Iterator[None]:
             lock.unlink()
 
 
+def wait_idle(git_dir: Path, timeout: float) -> float:
+    """Wait until no repack holds the lock of ``git_dir``; return seconds waited."""
+    start = time.monotonic()
+    while (git_dir / LOCK_NAME).exists() and time.monotonic() - start < timeout:
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
 def repack(git_dir: Path) -> bool:
     """Repack under the lock; False when another repack holds it."""
     lock = git_dir / LOCK_NAME

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -168,6 +169,14 @@ class Storage:
         if self._repack is not None:
             self._written_objects = self._written_packs = 0
 
+    def wait_for_packing(self, timeout: float = 900.0) -> float:
+        """Wait for the background repack this object (or any process) started to
+        finish; returns the seconds waited (benchmarks, tests, tidy shutdowns)."""
+        start = time.monotonic()
+        if self._repack is not None:
+            self._repack.wait(timeout)
+        return time.monotonic() - start + packing.wait_idle(self.git_dir, timeout)
+
     def repack_now(self) -> None:
         """Pack loose objects and merge small packs, in the foreground."""
         if self._repack is not None:
@@ -301,7 +310,9 @@ class Storage:
             return None
         if proc.returncode != 0:  # a missing or corrupt object: never "no history"
             raise GitCommandError(
-                ["git", "merge-base", a, b], proc.returncode, proc.stdout.decode(),
+                ["git", "merge-base", a, b],
+                proc.returncode,
+                proc.stdout.decode(),
                 proc.stderr.decode(),
             )
         return proc.stdout.decode().strip()
