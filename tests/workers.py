@@ -53,7 +53,8 @@ def consume(path: str, branch: str, name: str, log: Path, block_on: str | None) 
         consumer = Consumer(storage, name, branch, poll_interval=0.005)
         consumer.consume(handler)
         log.with_name(log.name + ".ready").touch()
-        stop.wait()
+        while not stop.wait(0.5):  # an untimed wait can miss a signal (see gitmq.node)
+            pass
         consumer.stop()
     os.close(fd)
 
