@@ -185,6 +185,18 @@ def message_id(body: bytes) -> str | None:
     return _header(body, ID_HEADER)
 
 
+def stable_id(body: bytes) -> str:
+    """The id that survives re-parenting: ``gitmq-id``, or the derived id of a message
+    written without one (what deduplication compares)."""
+    return _header(body, ID_HEADER) or derived_id(body)
+
+
+def parents(body: bytes) -> list[str]:
+    """The parent commit ids of a raw commit body."""
+    head = body.partition(b"\n\n")[0]
+    return [ln[7:].decode() for ln in head.split(b"\n") if ln.startswith(b"parent ")]
+
+
 def _header(body: bytes, name: str) -> str | None:
     head = body.partition(b"\n\n")[0]
     marker = b"\n" + name.encode() + b" "

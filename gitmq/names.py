@@ -61,3 +61,14 @@ def queue_ref(name: str) -> str:
 
 def consumer_ref(name: str) -> str:
     return f"refs/tags/{check_consumer(name)}"
+
+
+def tracking_ref(remote: str, queue: str) -> str:
+    """Where a node keeps the remote's copy of ``queue``: its confirmed messages."""
+    return f"refs/remotes/{remote}/{queue}"
+
+
+def sync_lock(remote: str) -> str:
+    """The storage-wide lock a sync cycle with ``remote`` holds; pruning a queue synced
+    with it and moving a consumer of such a queue take it too."""
+    return f"sync-{remote}"

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gitmq import names
 from gitmq.config import PrunePolicy
+from gitmq.names import sync_lock
+from gitmq.segments import segment_branch, segments
 from gitmq.storage import Storage
-from gitmq.sync import sync_lock, tracking_ref
 
 log = logging.getLogger("gitmq.prune")
 
@@ -73,17 +73,37 @@ def prune_queue(
     progress: Callable[[str], None] = lambda _: None,
 ) -> PruneReport:
     """Apply ``policy`` to ``queue``; ``consumers`` are the ones this node runs, ``remote``
-    the one the queue syncs with (its confirmed tip is a floor).
+    the one the queue syncs with (its confirmed tip is a floor). A rotating queue is
+    pruned as one history across its segments, oldest segment first.
 
     A synced queue is pruned under that remote's sync lock: a sync cycle reads the
     consumer tags, pushes them, then records the remote's copies, and a prune in between
     (the tag having moved on) would drop the commit such a copy is about to name."""
+    prefix = f"refs/remotes/{remote}/" if remote else None
     if remote is None or dry_run:
-        confirmed = tracking_ref(remote, queue) if remote else None
-        return _prune(storage, queue, policy, now, consumers, confirmed, dry_run, progress)
+        return _prune(storage, queue, policy, now, consumers, prefix, dry_run, progress)
     with storage.exclusive(sync_lock(remote)):
-        confirmed = tracking_ref(remote, queue)
-        return _prune(storage, queue, policy, now, consumers, confirmed, dry_run, progress)
+        return _prune(storage, queue, policy, now, consumers, prefix, dry_run, progress)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One branch of the queue (the only one, unless it rotates) as it is now."""
+
+    branch: str
+    tip: str
+    confirmed: str | None
+    timeline: list[tuple[str, int]]  # (commit, publish time), newest first
+
+
+def _segments(storage: Storage, queue: str, confirmed_prefix: str | None) -> list[_Segment]:
+    """The queue's local segments, newest first."""
+    out = []
+    for number, tip in reversed(segments(storage, queue)):
+        branch = segment_branch(queue, number)
+        confirmed = storage.read_ref(confirmed_prefix + branch) if confirmed_prefix else None
+        out.append(_Segment(branch, tip, confirmed, storage.timeline(tip)))
+    return out
 
 
 def _prune(
@@ -92,21 +112,19 @@ def _prune(
     policy: PrunePolicy,
     now: datetime,
     consumers: Sequence[str],
-    confirmed_ref: str | None,
+    confirmed_prefix: str | None,
     dry_run: bool,
     progress: Callable[[str], None],
 ) -> PruneReport:
-    tip = storage.read_ref(names.queue_ref(queue))
-    if tip is None:
-        return PruneReport(queue, 0, 0, 0, None, dry_run)
     progress("reading the queue's history")
-    timeline = storage.timeline(tip)
+    segs = _segments(storage, queue, confirmed_prefix)
+    timeline = [entry for seg in segs for entry in seg.timeline]
+    if not timeline:
+        return PruneReport(queue, 0, 0, 0, None, dry_run)
     index = {sha: i for i, (sha, _) in enumerate(timeline)}
-    limit = _policy_limit(policy, timeline, now)
-    floor = Floor(limit)
-    if confirmed_ref is not None:
-        confirmed = storage.read_ref(confirmed_ref)
-        floor.raise_to(index.get(confirmed, len(timeline)) if confirmed else len(timeline), "")
+    floor = Floor(_policy_limit(policy, timeline, now))
+    if confirmed_prefix is not None:
+        _unpushed_floor(floor, segs, index)
     tags = {ref[len(TAGS) :]: sha for ref, sha in storage.list_refs(TAGS).items()}
     for name in consumers:
         if (name not in tags or tags[name] not in index) and policy.keep_unconsumed:
@@ -121,23 +139,53 @@ def _prune(
     if floor.index >= len(timeline) - 1:
         return PruneReport(queue, len(timeline), 0, 0, None, dry_run, floor.held())
     boundary = timeline[floor.index][0]
+    cuts, dropped = _boundaries(segs, floor.index)
     moved = (
         []
         if policy.keep_unconsumed
         else _move_tags(storage, behind, index, floor.index, boundary, dry_run)
     )
-    dropped = storage.drop_history([boundary], dry_run=dry_run, progress=progress)
-    report = PruneReport(
+    owned = [f"refs/heads/{seg.branch}" for seg in segs]
+    if confirmed_prefix is not None:
+        owned += [confirmed_prefix + seg.branch for seg in segs]
+    gone = storage.drop_history(cuts, owned_refs=owned, dry_run=dry_run, progress=progress)
+    return PruneReport(
         queue,
         len(timeline),
-        len(timeline) - 1 - floor.index,
-        dropped.bytes,
+        dropped,
+        gone.bytes,
         boundary,
         dry_run,
         floor.held(),
         tuple(moved),
     )
-    return report
+
+
+def _unpushed_floor(floor: Floor, segs: list[_Segment], index: dict[str, int]) -> None:
+    """Nothing newer than a segment's confirmed tip goes: unpushed messages are not final
+    (a segment never pushed keeps everything)."""
+    offset = 0
+    for seg in segs:
+        if seg.tip != seg.confirmed:
+            oldest = offset + len(seg.timeline) - 1
+            floor.raise_to(index.get(seg.confirmed, oldest) if seg.confirmed else oldest, "")
+        offset += len(seg.timeline)
+
+
+def _boundaries(segs: list[_Segment], cut: int) -> tuple[list[str], int]:
+    """The shallow roots for a cut at index ``cut`` of the whole timeline (the commit
+    there, and the tip of every older segment, which its branch still names), and how
+    many messages they drop."""
+    roots, dropped, offset = [], 0, 0
+    for seg in segs:
+        size = len(seg.timeline)
+        if offset + size - 1 >= cut:  # the cut is in this segment, or an older one
+            keep = max(0, cut - offset)
+            if keep < size - 1:
+                roots.append(seg.timeline[keep][0])
+                dropped += size - 1 - keep
+        offset += size
+    return roots, dropped
 
 
 class Floor:

@@ -53,29 +53,18 @@ def start_background(git_dir: Path) -> subprocess.Popen[bytes] | None:
 def held(git_dir: Path, timeout: float = 600.0) -> Iterator[None]:
     """Hold the repack lock, waiting for a running repack to finish (pruning
     must not interleave with a repack that could re-add what it drops)."""
-    lock = git_dir / LOCK_NAME
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - lock.stat().st_mtime > STALE_SECONDS:
-                lock.unlink()
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            if time.monotonic() > deadline:
-                raise StorageError(
-                    f"{lock} stayed held for {timeout:g}s; if no gitmq process is running, "
-                    f"delete it"
-                ) from None
-            time.sleep(0.05)
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+        with try_held(git_dir) as taken:
+            if taken:
+                yield
+                return
+        if time.monotonic() > deadline:
+            raise StorageError(
+                f"{git_dir / LOCK_NAME} stayed held for {timeout:g}s; if no gitmq process "
+                f"is running, delete it"
+            )
+        time.sleep(0.05)
 
 
 def wait_idle(git_dir: Path, timeout: float) -> float:
@@ -86,8 +75,9 @@ def wait_idle(git_dir: Path, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def repack(git_dir: Path) -> bool:
-    """Repack under the lock; False when another repack holds it."""
+@contextlib.contextmanager
+def try_held(git_dir: Path) -> Iterator[bool]:
+    """Hold the repack lock if it is free; yields whether it was taken (never waits)."""
     lock = git_dir / LOCK_NAME
     with contextlib.suppress(FileNotFoundError):
         if time.time() - lock.stat().st_mtime > STALE_SECONDS:
@@ -95,10 +85,22 @@ def repack(git_dir: Path) -> bool:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        return False
+        yield False
+        return
     try:
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def repack(git_dir: Path) -> bool:
+    """Repack under the lock; False when another repack holds it."""
+    with try_held(git_dir) as taken:
+        if not taken:
+            return False
         for _ in range(MAX_ROUNDS):
             gitcli.run(
                 git_dir,
@@ -107,10 +109,7 @@ def repack(git_dir: Path) -> bool:
             )
             if count_loose(git_dir / "objects") < CATCH_UP_LOOSE:
                 break
-            os.utime(lock)  # still ours: not stale
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+            os.utime(git_dir / LOCK_NAME)  # still ours: not stale
     return True
 
 

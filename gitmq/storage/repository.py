@@ -2,9 +2,10 @@
 
 This is GitMQ's only boundary to Git. Everything above it speaks of queues,
 messages and consumer offsets; here they become refs and commit objects.
-Writes happen in-process (``refs.py``, ``objects.py``); reads of many commits
-go through one long-lived ``git cat-file --batch`` held by GitPython; walks of
-history use ``git rev-list``.
+Writes happen in-process (``refs.py``, ``objects.py``), each under the
+reachability guard (``guard.py``) so that no deletion races them; reads of
+commits go through one long-lived ``git cat-file --batch`` (``reader.py``);
+walks of history use ``git rev-list``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
-import git
-
 from gitmq import message as fmt
-from gitmq.errors import GitCommandError, GitMQError, NotFoundError, StorageError
+from gitmq.errors import GitCommandError, GitMQError, StorageError
 from gitmq.message import Draft, Identity, Message
-from gitmq.storage import gitcli, history, objects, packing
+from gitmq.storage import gitcli, history, objects, orphans, packing
+from gitmq.storage.guard import ReachabilityGuard
+from gitmq.storage.reader import ObjectReader
 from gitmq.storage.refs import RefStore
 
 #: Batches at least this large go into a pack of their own instead of loose files.
@@ -48,12 +48,14 @@ class Storage:
         self.git_dir = _open_or_create(self.path, create)
         self.objects_dir = self.git_dir / "objects"
         self.refs = RefStore(self.git_dir, fsync=fsync)
-        self._repo = git.Repo(self.git_dir)
-        self._read_lock = threading.Lock()
+        self.guard = ReachabilityGuard(self.git_dir)
+        self._reader = ObjectReader(self.git_dir, self.path)
+        self._orphans = orphans.Orphans(self.git_dir, self.guard, self.tips)
         self._written_objects = 0
         self._written_packs = 0
         self._repack: subprocess.Popen[bytes] | None = None
         self._tips: dict[str, str] = {}  # branch tips known to be commits
+        self._upstreams: dict[str, str] | None = None
         objects.write_loose(self.objects_dir, objects.OBJ_TREE, b"")  # the empty tree
 
     def __repr__(self) -> str:
@@ -68,8 +70,8 @@ class Storage:
     def close(self) -> None:
         """Stop the helper git processes this object holds; leave no pile of loose
         objects behind (a short-lived producer never reaches the repack trigger)."""
-        with self._read_lock:
-            self._repo.close()
+        self._reader.close()
+        self.guard.close()
         if self._written_objects >= CLOSE_REPACK_MIN and (
             self._repack is None or self._repack.poll() is not None
         ):
@@ -98,7 +100,7 @@ class Storage:
         the value the branch has when it moves: concurrent producers, in any
         process, serialise here and never lose or fork a message.
         """
-        with self.refs.locked(ref) as lock:
+        with self.guard.writing(), self.refs.locked(ref) as lock:
             stamp = now()
             parent = lock.current
             if parent is not None and parent != self._tips.get(ref):
@@ -129,9 +131,38 @@ class Storage:
             ) from exc
 
     def write_commits(self, bodies: Sequence[bytes]) -> list[str]:
-        """Store raw commit bodies (sync's re-parented messages); return their ids."""
+        """Store raw commit bodies (sync's re-parented messages); return their ids.
+
+        Call it inside ``writing()`` up to the ref update that makes them reachable,
+        or a prune running meanwhile may take them for orphans."""
         self._write_commits(bodies)
         return [objects.object_id(objects.OBJ_COMMIT, b) for b in bodies]
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the reachability guard shared (``guard.py``): from writing or finding an
+        object to the ref update that names it. Nests; cheap (a few system calls)."""
+        return self.guard.writing()
+
+    def rewrite_branch(
+        self, ref: str, build: Callable[[str | None], tuple[Sequence[bytes], str | None]]
+    ) -> str | None:
+        """Move ``ref`` to what ``build`` makes of its current value, under the ref's lock:
+        ``build`` returns the commit bodies to write and the new tip. Producers of the
+        branch wait while it runs, so it must be short (sync's last step)."""
+        with self.guard.writing(), self.refs.locked(ref) as lock:
+            bodies, tip = build(lock.current)
+            self._write_commits(bodies)
+            lock.new = tip
+        return tip
+
+    def discard(self, shas: set[str]) -> int:
+        """Delete copies this process wrote and then replaced (re-parented messages)
+        now rather than at the next prune; returns how many objects went. Skipped,
+        and tried again next time, while a prune or repack runs."""
+        removed = self._orphans.discard(shas)
+        if removed:
+            self._reader.refresh()
+        return removed
 
     @staticmethod
     def commit_id(body: bytes) -> str:
@@ -184,6 +215,40 @@ class Storage:
             self._repack = None
         packing.repack(self.git_dir)
 
+    # -------------------------------------------------------------- upstreams
+
+    def upstream(self, queue: str) -> str | None:
+        """The remote ``queue`` syncs with, as recorded in the storage's git config
+        (``gitmq.<queue>.remote``); None for a queue that is local only. Whoever
+        opens a node's storage (``gitmq consume``, ``seek``, the Python API) then
+        works on the confirmed messages, as the node does."""
+        return self._read_upstreams().get(queue)
+
+    def set_upstream(self, queue: str, remote: str | None) -> None:
+        """Record (or, with None, forget) the remote ``queue`` syncs with."""
+        if self._read_upstreams().get(queue) == remote:
+            return
+        key = f"gitmq.{queue}.remote"
+        args = ["config", key, remote] if remote else ["config", "--unset", key]
+        if gitcli.run(self.git_dir, args, check=False).returncode == 0:
+            upstreams = self._read_upstreams()
+            if remote:
+                upstreams[queue] = remote
+            else:
+                upstreams.pop(queue, None)
+
+    def _read_upstreams(self) -> dict[str, str]:
+        if self._upstreams is None:
+            proc = gitcli.run(
+                self.git_dir, ["config", "--get-regexp", r"^gitmq\..*\.remote$"], check=False
+            )
+            found = {}
+            for line in proc.stdout.decode("utf-8", "replace").splitlines():
+                key, _, value = line.partition(" ")
+                found[key[len("gitmq.") : -len(".remote")]] = value
+            self._upstreams = found
+        return self._upstreams
+
     # ------------------------------------------------------------------- refs
 
     def read_ref(self, ref: str) -> str | None:
@@ -191,7 +256,8 @@ class Storage:
 
     def compare_and_swap(self, ref: str, new: str, old: str | None) -> bool:
         """Move ``ref`` from ``old`` (None: absent) to ``new``; False if it moved."""
-        return self.refs.compare_and_swap(ref, new, old)
+        with self.guard.writing():
+            return self.refs.compare_and_swap(ref, new, old)
 
     def delete_ref(self, ref: str, old: str) -> bool:
         """Delete ``ref`` if it still points at ``old`` (loose and packed)."""
@@ -200,6 +266,15 @@ class Storage:
 
     def list_refs(self, prefix: str) -> dict[str, str]:
         return self.refs.list(prefix)
+
+    def tips(self) -> set[str]:
+        """Every object a ref or a detached HEAD names (what keeps history alive)."""
+        named = set(self.refs.list("refs/").values())
+        with contextlib.suppress(FileNotFoundError):
+            head = (self.git_dir / "HEAD").read_text("ascii", "replace").strip()
+            if len(head) == 40 and not head.startswith("ref:"):
+                named.add(head)
+        return named
 
     def list_refs_in(self, directory: str, name_prefix: str = "") -> dict[str, str]:
         """The refs directly in ``directory`` (e.g. ``refs/heads/``), not below it,
@@ -210,17 +285,7 @@ class Storage:
 
     def read_body(self, sha: str) -> bytes:
         """The raw body of commit ``sha``."""
-        with self._read_lock:
-            try:
-                info = self._repo.odb.stream(bytes.fromhex(sha))
-                data: bytes = info.read()
-                kind = info.type
-            except (ValueError, git.BadName, git.BadObject, OSError) as exc:
-                self._repo.close()  # the batch process may be out of step; restart it
-                raise NotFoundError(f"object {sha} is missing from {self.path}") from exc
-        if kind != b"commit":
-            raise StorageError(f"object {sha} in {self.path} is a {kind.decode()}, not a message")
-        return data
+        return self._reader.read_body(sha)
 
     def read(self, sha: str) -> Message:
         return fmt.decode(sha, self.read_body(sha))
@@ -277,22 +342,30 @@ class Storage:
         self,
         boundaries: Sequence[str],
         *,
+        owned_refs: Sequence[str] = (),
         dry_run: bool = False,
         progress: Callable[[str], None] = lambda _: None,
     ) -> history.Dropped:
         """Drop every message older than each boundary commit (which is kept as a
-        shallow root, so commit ids do not change)."""
-        parents = {b: _parents(self.read_body(b)) for b in boundaries}
+        shallow root, so commit ids do not change), and the orphans. ``owned_refs``
+        are the refs whose reflogs may be expired (the pruned queue's)."""
+        parents = {b: fmt.parents(self.read_body(b)) for b in boundaries}
         if dry_run:
             doomed: set[str] = set()
             for boundary, ps in parents.items():
                 doomed |= history.ancestors(self.git_dir, boundary, ps)
             return history.Dropped(len(doomed), history.disk_size(self.git_dir, doomed))
-        return history.drop(self.git_dir, parents, progress)
+        try:
+            return history.drop(self.git_dir, self.guard, self.tips, parents, owned_refs, progress)
+        finally:
+            self._reader.refresh()  # it may hold deleted packs open
 
     def drop_commits(self, shas: set[str]) -> history.Dropped:
         """Delete these commits from disk where no ref reaches them any more."""
-        return history.drop_unreferenced(self.git_dir, shas, lambda _: None)
+        try:
+            return history.drop_unreferenced(self.git_dir, self.guard, self.tips, shas)
+        finally:
+            self._reader.refresh()
 
     def disk_usage(self) -> int:
         """Bytes the whole repository takes on disk."""
@@ -328,11 +401,6 @@ class Storage:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _parents(body: bytes) -> list[str]:
-    head = body.partition(b"\n\n")[0]
-    return [ln[7:].decode() for ln in head.split(b"\n") if ln.startswith(b"parent ")]
 
 
 def _placed(draft: Draft, sha: str, parent: str | None, committer: Identity) -> Message:
