@@ -14,7 +14,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from gitmq import names, seek
+from gitmq import names
+from gitmq import seek as seeking
 from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer
@@ -30,6 +31,10 @@ ACK_BATCH = 100
 ACK_EVERY = 0.05
 
 
+def _default_source(remote: str | None, branch: str) -> str:
+    return names.tracking_ref(remote, branch) if remote else names.queue_ref(branch)
+
+
 def dead_letter_queue(branch: str) -> str:
     """The default dead-letter queue of ``branch``."""
     return f"{branch}.dlq"
@@ -38,11 +43,13 @@ def dead_letter_queue(branch: str) -> str:
 class Consumer:
     """One named consumer of one queue.
 
-    ``source_ref`` is what it reads: the queue's branch by default, or the
-    remote-tracking ref of a synced queue (``refs/remotes/REMOTE/QUEUE``), so
-    that only messages confirmed by the remote are delivered
-    (docs/semantics.md). A rotating queue's segments are read one after the
-    other; their close/open markers are acknowledged, never handed out.
+    ``source_ref`` is what it reads: the remote-tracking ref of a synced queue
+    (``refs/remotes/REMOTE/QUEUE``), so that only messages confirmed by the
+    remote are delivered (docs/semantics.md), or the queue's branch for a queue
+    that is local only. By default the storage says which (a node records the
+    remote each queue syncs with), so a consumer opened on a node's storage
+    behaves like the node's own. A rotating queue's segments are read one after
+    the other; their close/open markers are acknowledged, never handed out.
     """
 
     def __init__(
@@ -61,9 +68,16 @@ class Consumer:
         self.name = names.check_consumer(name)
         self.branch = names.check_queue(branch)
         self.tag_ref = names.consumer_ref(name)
-        self.source_ref = source_ref or names.queue_ref(branch)
+        self.remote = storage.upstream(branch)
+        self.source_ref = source_ref or _default_source(self.remote, branch)
         if not self.source_ref.endswith("/" + branch):
             raise UsageError(f"source_ref {self.source_ref!r} must end with '/{branch}'")
+        if self.remote is not None and self.source_ref == names.queue_ref(branch):
+            raise UsageError(
+                f"queue {branch!r} syncs with remote {self.remote!r}: consumers read its "
+                f"confirmed messages ({names.tracking_ref(self.remote, branch)}), not the "
+                f"local branch, whose unpushed messages sync may still re-parent"
+            )
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.retry = retry or RetryPolicy()
         self.dead_letter = names.check_queue(dead_letter or dead_letter_queue(branch))
@@ -127,11 +141,20 @@ class Consumer:
     def seek(self, target: str) -> str | None:
         """Move the offset: ``beginning``, ``end``, a message id or commit id,
         or an ISO time; the next delivered message is the one named (or the first
-        at or after that time). Returns the new tag value."""
-        return seek.seek(self.storage, self.tag_ref, self.source, target)
+        at or after that time). Returns the new tag value. On a synced queue a move
+        back is recorded, so sync makes it hold on every node."""
+        return seeking.seek(self._seeker(), target)
 
     def seek_time(self, when: datetime) -> str | None:
-        return seek.seek_time(self.storage, self.tag_ref, self.source, when)
+        return seeking.seek_time(self._seeker(), when)
+
+    def delete(self) -> str | None:
+        """Delete this consumer's offset (here and, on a synced queue, on the remote and
+        every node at their next sync); returns where it was."""
+        return seeking.delete(self._seeker())
+
+    def _seeker(self) -> seeking.Offset:
+        return seeking.Offset(self.storage, self.name, self.source, self.remote)
 
     # ------------------------------------------------------------ push style
 

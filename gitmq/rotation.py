@@ -35,6 +35,9 @@ from gitmq.storage import Storage
 
 log = logging.getLogger("gitmq.rotation")
 
+#: Rounds ``_carry_over`` tries against producers still appending to a closed segment.
+CARRY_TRIES = 5
+
 
 @dataclass
 class Rotating:
@@ -109,10 +112,15 @@ def _close_if_due(storage: Storage, rot: Rotating, now: datetime) -> None:
 
 
 def _carry_over(storage: Storage, rot: Rotating, number: int, now: datetime) -> int:
-    """Keep segment ``number`` ending at its first close; move the rest on."""
+    """Keep segment ``number`` ending at its first close; move the rest on.
+
+    Producers move to the next segment as soon as it exists locally, so a lost race
+    with one is rare; after ``CARRY_TRIES`` the rest waits for the next cycle (the
+    push never goes past the close marker, see ``push_limit``)."""
     ref = "refs/heads/" + segment_branch(rot.queue, number)
     tracking = rot.tracking_prefix + segment_branch(rot.queue, number)
-    while True:
+    moved = 0
+    for _ in range(CARRY_TRIES):
         local, confirmed = storage.read_ref(ref), storage.read_ref(tracking)
         if local is None or local == confirmed:
             if confirmed is not None and _is_close(storage, confirmed):
@@ -126,13 +134,14 @@ def _carry_over(storage: Storage, rot: Rotating, number: int, now: datetime) -> 
             if first is None:
                 return 0
             keep, close = unpushed[: first + 1], unpushed[first]
-        moved = _move(
+        moved += _move(
             storage, rot, unpushed[len(keep) :], _successor(storage, rot, number, close), now
         )
         end = keep[-1] if keep else confirmed
         assert end is not None  # keep is empty only when the confirmed tip is a close
         if storage.compare_and_swap(ref, end, local):
-            return moved
+            break
+    return moved
         # a producer appended meanwhile: go round; ids already moved are skipped
 
 
@@ -180,31 +189,33 @@ def _move(storage: Storage, rot: Rotating, shas: list[str], target: str, now: da
 
     They come from an older segment, so they were published before whatever is still
     unpushed on ``target`` (a producer writes to the newest segment it knows): those
-    go after them, re-parented, and each producer's messages keep their order."""
+    go after them, re-parented, and each producer's messages keep their order. The
+    last step runs under ``target``'s lock, so producers publishing to it cannot make
+    it go round: they wait while the unpushed messages are re-parented."""
     tracking = rot.tracking_prefix + target.removeprefix("refs/heads/")
-    while True:
-        tip, confirmed = storage.read_ref(target), storage.read_ref(tracking)
+    confirmed = storage.read_ref(tracking)  # only sync moves it, and sync runs here
+    landed = storage.commits_between(None, confirmed) if confirmed else []
+    present = {fmt.stable_id(storage.read_body(s)) for s in landed}
+    candidates = [storage.read_body(sha) for sha in shas]
+    candidates = [b for b in candidates if fmt.control_of(b) is None]
+    count = 0
+
+    def build(tip: str | None) -> tuple[list[bytes], str | None]:
+        nonlocal count
         base, own = _unpushed(storage, tip, confirmed)
-        landed = storage.commits_between(None, confirmed) if confirmed else []
-        present = {fmt.message_id(storage.read_body(s)) for s in landed}
-        present |= {fmt.message_id(body) for body in own}
-        present.discard(None)  # a message without an id (gem, plain git) always moves
-        moved = []
-        for sha in shas:
-            body = storage.read_body(sha)
-            if fmt.control_of(body) is None and fmt.message_id(body) not in present:
-                moved.append(body)
+        there = present | {fmt.stable_id(body) for body in own}
+        moved = [body for body in candidates if fmt.stable_id(body) not in there]
+        count = len(moved)
         if not moved:
-            return 0
+            return [], tip
         parent, bodies = base, []
         for body in moved + own:
             bodies.append(fmt.reparent(body, parent, rot.committer, now))
             parent = storage.commit_id(bodies[-1])
-        storage.write_commits(bodies)
-        assert parent is not None  # moved is not empty
-        if storage.compare_and_swap(target, parent, tip):
-            return len(moved)
-        # a producer appended meanwhile: go round
+        return bodies, parent
+
+    storage.rewrite_branch(target, build)
+    return count
 
 
 def _unpushed(

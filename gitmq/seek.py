@@ -1,48 +1,75 @@
 """Moving a consumer's offset: to the beginning, the end, a message or a time.
 
 The tag names the last *finished* message, so "deliver X next" puts the tag
-on X's parent, and "from the beginning" deletes the tag.
+on X's parent, and "from the beginning" deletes the tag. On a synced queue
+the targets are confirmed messages only (what the consumer reads), and a move
+back (a replay, ``beginning``, a deletion) is recorded so that the next sync
+pushes it over the remote's copy and every node follows (``offsets.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
+from gitmq import names, offsets
 from gitmq.errors import NotFoundError, UsageError
 from gitmq.message import Message
 from gitmq.segments import QueueSource
 from gitmq.storage import Storage
 
 
-def seek(storage: Storage, tag_ref: str, source: QueueSource, target: str) -> str | None:
+@dataclass(frozen=True)
+class Offset:
+    """One consumer's tag on one queue, as seek sees it."""
+
+    storage: Storage
+    consumer: str
+    source: QueueSource
+    remote: str | None = None  # the remote the queue syncs with
+    @property
+    def tag_ref(self) -> str:
+        return f"refs/tags/{self.consumer}"
+
+
+def seek(offset: Offset, target: str) -> str | None:
     """Apply ``target`` (beginning, end, message id, commit id or ISO time)."""
     if target == "beginning":
-        return _set(storage, tag_ref, None)
-    tip = _tip(source)
+        return _set(offset, None)
+    tip = _tip(offset.source)
     if target == "end":
-        return _set(storage, tag_ref, tip)
+        return _set(offset, tip)
     when = _parse_time(target)
     if when is not None:
-        return seek_time(storage, tag_ref, source, when)
-    for message in _messages(storage, source):
+        return seek_time(offset, when)
+    for message in _messages(offset):
         if message.id == target or (len(target) >= 7 and message.sha.startswith(target)):
-            return _set(storage, tag_ref, message.parent)
+            return _set(offset, message.parent)
     raise NotFoundError(
-        f"no message {target!r} on queue {source.queue!r}; give a message id, a commit id, "
-        f"an ISO time, 'beginning' or 'end'"
+        f"no message {target!r} on queue {offset.source.queue!r}"
+        + (" among its confirmed messages" if offset.remote else "")
+        + "; give a message id, a commit id, an ISO time, 'beginning' or 'end'"
     )
 
 
-def seek_time(storage: Storage, tag_ref: str, source: QueueSource, when: datetime) -> str | None:
+def seek_time(offset: Offset, when: datetime) -> str | None:
     """Deliver next the first message published at or after ``when``."""
     if when.tzinfo is None:
         raise UsageError(f"time {when.isoformat()} has no time zone; add one, e.g. +00:00")
-    tip = _tip(source)
-    for message in _messages(storage, source):
+    tip = _tip(offset.source)
+    for message in _messages(offset):
         if message.time >= when:
-            return _set(storage, tag_ref, message.parent)
-    return _set(storage, tag_ref, tip)
+            return _set(offset, message.parent)
+    return _set(offset, tip)
+
+
+def delete(offset: Offset) -> str | None:
+    """Delete the tag (and, when synced, on the remote at the next sync); returns its
+    old value."""
+    old = offset.storage.read_ref(offset.tag_ref)
+    _set(offset, None)
+    return old
 
 
 def _tip(source: QueueSource) -> str:
@@ -52,21 +79,37 @@ def _tip(source: QueueSource) -> str:
     return tip
 
 
-def _messages(storage: Storage, source: QueueSource) -> Iterator[Message]:
+def _messages(offset: Offset) -> Iterator[Message]:
     """Every data message of the queue, oldest first (segment markers skipped)."""
-    for sha in source.pending(None):
-        message = storage.read(sha)
+    for sha in offset.source.pending(None):
+        message = offset.storage.read(sha)
         if message.control is None:
             yield message
 
 
-def _set(storage: Storage, tag_ref: str, value: str | None) -> str | None:
+def _set(offset: Offset, value: str | None) -> str | None:
+    if offset.remote is None:
+        return _move(offset, value)
+    # Under the sync lock: a cycle between the move and its record would take the
+    # moved-back tag for one that is behind, and undo it.
+    with offset.storage.exclusive(names.sync_lock(offset.remote)):
+        current = offset.storage.read_ref(offset.tag_ref)
+        if current is not None and (value is None or not offset.source.before(current, value)):
+            offsets.record_reset(offset.storage, offset.consumer, value or current)
+        return _move(offset, value)
+
+
+def _move(offset: Offset, value: str | None) -> str | None:
+    storage, tag_ref = offset.storage, offset.tag_ref
     current = storage.read_ref(tag_ref)
+    if current == value:
+        return value
     if value is None:
-        if current is not None and not storage.delete_ref(tag_ref, current):
-            raise UsageError(f"{tag_ref} moved while seeking; try again")
-        return None
-    if not storage.compare_and_swap(tag_ref, value, current):
+        assert current is not None
+        moved = storage.delete_ref(tag_ref, current)
+    else:
+        moved = storage.compare_and_swap(tag_ref, value, current)
+    if not moved:
         raise UsageError(f"{tag_ref} moved while seeking; try again")
     return value
 

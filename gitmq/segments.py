@@ -140,6 +140,16 @@ class QueueSource:
             f"reset the consumer with 'gitmq seek'"
         )
 
+    def before(self, a: str, b: str) -> bool:
+        """Whether position ``a`` is at or before ``b`` in this queue's order."""
+        if self.storage.is_ancestor(a, b):
+            return True
+        found = list(self.state())
+        try:
+            return self.segment_index(a, found) < self.segment_index(b, found)
+        except ConsumerConflictError:
+            return False
+
     def follows(self, position: str, message: Message) -> bool:
         """Whether ``message`` comes after ``position`` in this queue's order."""
         if message.parent == position or self.storage.is_ancestor(position, message.sha):

@@ -3,9 +3,12 @@
 1. List the remote's refs; fetch only the configured queues and consumer tags
    that changed, into private tracking refs (no fetch when nothing changed).
 2. Re-parent the local unpushed messages onto the fetched tip, in-process,
-   dropping any whose id already landed; compare-and-swap the local branch.
+   dropping any whose id already landed: the bulk outside the branch lock,
+   then, under it, only what producers appended meanwhile (bounded work,
+   producers wait milliseconds).
 3. Push everything that moved in one atomic push: branches fast-forward only,
-   consumer tags with a lease on their remote value. Nothing moved: no push.
+   consumer tags with a lease on their remote value (``offsets.py``).
+   Nothing moved: no push.
 4. A rejected push goes back to 1 with jittered backoff, a bounded number of
    times; a network failure keeps everything local until the next cycle.
 """
@@ -19,31 +22,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gitmq import message as fmt
 from gitmq import rotation
-from gitmq.errors import ConsumerConflictError, GitMQError
+from gitmq.errors import GitMQError
 from gitmq.message import Identity
-from gitmq.segments import OPEN, QueueSource, RotationPolicy, segment_number
+from gitmq.names import sync_lock, tracking_ref
+from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
+from gitmq.replay import Replay, replay_since, replay_snapshot
+from gitmq.segments import QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
 
 log = logging.getLogger("gitmq.sync")
 
-
-def tracking_ref(remote: str, queue: str) -> str:
-    """Where the remote's copy of ``queue`` is kept: the confirmed messages."""
-    return f"refs/remotes/{remote}/{queue}"
-
-
-def sync_lock(remote: str) -> str:
-    """The storage-wide lock a sync cycle with ``remote`` holds; pruning a queue synced
-    with it takes it too (docs/retention.md)."""
-    return f"sync-{remote}"
-
-
-def remote_tag_ref(remote: str, consumer: str) -> str:
-    """Where the remote's copy of a consumer tag is kept (never in refs/tags)."""
-    return f"refs/gitmq/remotes/{remote}/tags/{consumer}"
+__all__ = ["SyncReport", "SyncTarget", "remote_tag_ref", "sync_lock", "sync_once", "tracking_ref"]
 
 
 def fetched_ref(tracking: str) -> str:
@@ -80,6 +71,8 @@ class SyncReport:
     tags_resumed: int = 0
     moved_to_next_segment: int = 0
     segments_deleted: int = 0
+    unpushed: int = 0  # local messages the remote does not have yet, when the cycle ended
+    orphans_removed: int = 0
     conflicts: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
@@ -108,11 +101,16 @@ class _Cycle:
         self.updates: list[RefUpdate] = []
         self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
         self.message_count = 0
+        self.replaced: set[str] = set()  # copies the re-parenting made unreachable
         self.rotating = {
             q: rotation.Rotating(q, p, target.remote, target.committer)
             for q, p in target.rotations.items()
         }
         self.deleting: list[tuple[rotation.Rotating, str, set[str]]] = []
+        self.offsets = OffsetSync(
+            storage, target.remote, target.consumers, self.before, self.is_confirmed
+        )
+        self.tags = Plan()
 
     def branches(self, remote_refs: dict[str, str]) -> list[str]:
         """The branches to sync: each queue, or each segment of a rotating queue."""
@@ -123,6 +121,12 @@ class _Cycle:
         return out
 
     def run(self, listen_only: bool = False) -> None:
+        try:
+            self._run(listen_only)
+        finally:
+            self.report.orphans_removed += self.storage.discard(self.replaced)
+
+    def _run(self, listen_only: bool) -> None:
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
         gone = self.fetch_changed(remote_refs, self.branches(remote_refs))
         if listen_only:
@@ -133,20 +137,24 @@ class _Cycle:
             rotation.forget(self.storage, rot, branch, history, self.now())
         for branch in self.branches(remote_refs):
             self.integrate(branch)
-        for consumer in self.target.consumers:
-            self.reconcile_tag(consumer)
+        self.offsets.plan(self.tags)
+        self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
-        if not self.updates:
+        updates = self.updates + self.tags.updates
+        if not updates:
+            self.offsets.landed(self.tags)  # resets already in place: drop their records
             return
-        push_atomic(self.storage.git_dir, self.target.url, self.updates, self.target.credentials)
+        push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
         for ref, new, old in self.confirm:
             self.storage.compare_and_swap(ref, new, old)
+        self.offsets.landed(self.tags)
         for rot, branch, history in self.deleting:
             rotation.forget(self.storage, rot, branch, history, self.now())
             self.report.segments_deleted += 1
         self.report.pushes += 1
         self.report.pushed_messages += self.message_count
-        self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in self.updates)
+        self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in updates)
+        self.report.unpushed -= self.message_count
 
     # step 1 -----------------------------------------------------------------
     def fetch_changed(
@@ -167,15 +175,21 @@ class _Cycle:
                 rot = self.segment_owner(branch)
                 if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
+        copies = {}
         for consumer in t.consumers:
             ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
             theirs, known = remote_refs.get(ref), storage.read_ref(mine)
+            copies[consumer] = known
             if theirs and theirs != known:
                 specs.append(f"+{ref}:{mine}")
             elif theirs is None and known is not None:
-                storage.delete_ref(mine, known)  # deleted on the remote (a seek elsewhere)
-        fetch(storage.git_dir, t.url, specs, t.credentials)
-        self.resume_tags()
+                storage.delete_ref(mine, known)  # deleted on the remote (a reset elsewhere)
+        self.offsets.remember(copies)
+        with storage.writing():  # a fetch may only set refs to objects we already had
+            fetch(storage.git_dir, t.url, specs, t.credentials)
+        self.offsets.follow(self.tags)
+        self.report.tags_resumed += self.tags.followed
+        self.tags.followed = 0
         for mine, known in before.items():  # only now may consumers see the new messages
             tip = storage.read_ref(fetched_ref(mine))
             if tip and storage.compare_and_swap(mine, tip, known):
@@ -194,15 +208,18 @@ class _Cycle:
         (across segments of a rotating queue)."""
         if self.storage.is_ancestor(a, b):
             return True
-        for rot in self.rotating.values():
-            source = QueueSource(self.storage, rot.queue, rot.tracking_prefix)
-            found = list(source.state())
-            if len(found) < 2:
-                continue
-            try:
-                return source.segment_index(a, found) < source.segment_index(b, found)
-            except ConsumerConflictError:
-                continue
+        return any(
+            QueueSource(self.storage, rot.queue, rot.tracking_prefix).before(a, b)
+            for rot in self.rotating.values()
+        )
+
+    def is_confirmed(self, sha: str) -> bool:
+        """Whether ``sha`` is on the confirmed history of a queue (segment) synced here."""
+        prefix = f"refs/remotes/{self.target.remote}/"
+        for branch in self.branches({}):
+            tip = self.storage.read_ref(prefix + branch)
+            if tip is not None and self.storage.is_ancestor(sha, tip):
+                return True
         return False
 
     def plan_deletions(self, remote_refs: dict[str, str]) -> None:
@@ -214,71 +231,36 @@ class _Cycle:
                 self.updates.append(RefUpdate("", f"refs/heads/{branch}", lease=tip, delete=True))
                 self.deleting.append((rot, branch, history))
 
-    def resume_tags(self) -> None:
-        """Fast-forward local consumer tags to the remote's before the fetched messages
-        become visible: a consumer that saw them first would redeliver what the cluster
-        already finished (a node redeployed on an empty disk would start over)."""
-        storage = self.storage
-        for consumer in self.target.consumers:
-            tag = f"refs/tags/{consumer}"
-            local = storage.read_ref(tag)
-            theirs = storage.read_ref(remote_tag_ref(self.target.remote, consumer))
-            if theirs is None or local == theirs:
-                continue
-            if (local is None or self.before(local, theirs)) and (
-                storage.compare_and_swap(tag, theirs, local)
-            ):
-                self.report.tags_resumed += 1
-
     # step 2 -----------------------------------------------------------------
     def integrate(self, queue: str) -> None:
+        """Bring the local branch onto the confirmed one; plan the push of what is left."""
         storage = self.storage
-        local_ref, mine = f"refs/heads/{queue}", tracking_ref(self.target.remote, queue)
-        while True:
-            local, confirmed = storage.read_ref(local_ref), storage.read_ref(mine)
-            if local == confirmed:
-                return
-            if local is None:
-                assert confirmed is not None
-                if storage.compare_and_swap(local_ref, confirmed, None):
-                    return
-                continue
-            if confirmed is None or storage.is_ancestor(confirmed, local):
-                self.plan_push(queue, local, confirmed)
-                return
-            if storage.is_ancestor(local, confirmed):
-                if storage.compare_and_swap(local_ref, confirmed, local):
-                    return
-                continue
-            self.reparent(local_ref, local, confirmed)  # then re-read: a fast-forward now
+        local_ref = f"refs/heads/{queue}"
+        local = storage.read_ref(local_ref)
+        confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
+        if local == confirmed:
+            return
+        if confirmed is None or (local is not None and storage.is_ancestor(confirmed, local)):
+            assert local is not None
+            self.plan_push(queue, local, confirmed)
+            return
+        with storage.writing():  # the copies stay until the branch names them
+            snapshot = self.reparent(local_ref, local, confirmed)
+            tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
+        self.replaced |= snapshot.replaced
+        self.report.reparented += snapshot.copied
+        self.report.duplicates_dropped += snapshot.dropped
+        if tip is not None and tip != confirmed:
+            self.plan_push(queue, tip, confirmed)
 
-    def reparent(self, local_ref: str, local: str, confirmed: str) -> None:
-        """Replay the unpushed messages onto ``confirmed`` (nothing if the branch moved
-        meanwhile: the caller re-reads it)."""
-        storage = self.storage
-        base = storage.merge_base(local, confirmed)
-        landed = {
-            mid
-            for sha in storage.commits_between(base, confirmed)
-            if (mid := fmt.message_id(storage.read_body(sha)))
-        }
-        parent, bodies, dropped = confirmed, [], 0
-        stamp = self.now()
-        for sha in storage.commits_between(base, local):
-            body = storage.read_body(sha)
-            mid = fmt.message_id(body)
-            if fmt.control_of(body) == OPEN:
-                continue  # a segment's root stays a root; the remote has its own
-            if mid and mid in landed:
-                dropped += 1
-                continue
-            new_body = fmt.reparent(body, parent, self.target.committer, stamp)
-            bodies.append(new_body)
-            parent = storage.commit_id(new_body)
-        storage.write_commits(bodies)
-        if storage.compare_and_swap(local_ref, parent, local):
-            self.report.reparented += len(bodies)
-            self.report.duplicates_dropped += dropped
+    def reparent(self, local_ref: str, local: str | None, confirmed: str) -> Replay:
+        """Replay the unpushed messages onto ``confirmed``, outside the branch lock (a
+        fast-forward when there are none)."""
+        return replay_snapshot(self.storage, local, confirmed, self.target.committer, self.now())
+
+    def finish(self, snapshot: Replay, current: str | None) -> tuple[list[bytes], str | None]:
+        """Under the branch lock: replay what producers appended since the snapshot."""
+        return replay_since(self.storage, snapshot, current, self.target.committer, self.now())
 
     def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
         if self.segment_owner(queue) is not None:
@@ -287,31 +269,9 @@ class _Cycle:
                 return
         self.updates.append(RefUpdate(local, f"refs/heads/{queue}"))
         self.confirm.append((tracking_ref(self.target.remote, queue), local, confirmed))
-        self.message_count += self.storage.count(confirmed, local)
-
-    # step 3 -----------------------------------------------------------------
-    def reconcile_tag(self, consumer: str) -> None:
-        storage, remote = self.storage, self.target.remote
-        tag, mine = f"refs/tags/{consumer}", remote_tag_ref(remote, consumer)
-        local, theirs = storage.read_ref(tag), storage.read_ref(mine)
-        if local == theirs:
-            return
-        if local is None or (theirs is not None and self.before(local, theirs)):
-            assert theirs is not None  # local == theirs returned above
-            if storage.compare_and_swap(tag, theirs, local):
-                self.report.tags_resumed += 1
-            return
-        if theirs is None or self.before(theirs, local):
-            self.updates.append(RefUpdate(local, tag, lease=theirs or ""))
-            self.confirm.append((mine, local, theirs))
-            return
-        text = (
-            f"consumer {consumer!r}: local tag {local[:12]} and the tag on {remote} "
-            f"{theirs[:12]} have diverged (two nodes run a consumer of that name?); "
-            f"neither was moved"
-        )
-        self.report.conflicts.append(text)
-        log.error("%s", text)
+        count = self.storage.count(confirmed, local)
+        self.message_count += count
+        self.report.unpushed += count
 
 
 def sync_once(
@@ -329,8 +289,11 @@ def sync_once(
     report = SyncReport(target.remote)
     started = time.monotonic()
     clock = now or (lambda: datetime.now(UTC))
+    for queue in target.queues:
+        storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
         for attempt in range(1, target.max_attempts + 1):
+            report.unpushed = 0
             try:
                 _Cycle(storage, target, report, clock).run(listen_only)
                 break
