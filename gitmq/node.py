@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from gitmq.cli.signals import StopFlag
 from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
 from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
@@ -183,7 +184,7 @@ class Node:
 
     # ------------------------------------------------------------ the daemon
 
-    def run(self, stop: threading.Event) -> int:
+    def run(self, stop: StopFlag) -> int:
         """Run until ``stop`` is set, then drain, push what is pending and return 0."""
         scheduler = BackgroundScheduler(timezone=UTC)
         for name in self.targets:

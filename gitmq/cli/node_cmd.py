@@ -6,7 +6,7 @@ import argparse
 
 from gitmq import config as node_config
 from gitmq import logs
-from gitmq.cli.signals import stop_event_on_signals
+from gitmq.cli.signals import SignalStop
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +33,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_format, args.log_level)
     config = node_config.load(args.config)
-    stop = stop_event_on_signals()
+    stop = SignalStop()
     node = Node(config)
     try:
         if args.once:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gitmq import names
-from gitmq.cli.signals import stop_event_on_signals
+from gitmq.cli.signals import SignalStop
 from gitmq.consumer import Consumer
 from gitmq.errors import NotFoundError, UsageError
 from gitmq.handlers import command_handler
@@ -146,7 +146,7 @@ def run_consumer(consumer: Consumer, handler: Callable[[Message], object], drain
         while consumer.deliver_pending(handler):
             pass
         return 0
-    stop = stop_event_on_signals()
+    stop = SignalStop()
     consumer.consume(handler)
     try:
         while not stop.wait(0.2) and consumer.running:
