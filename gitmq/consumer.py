@@ -201,6 +201,7 @@ class Consumer:
                     # meanwhile moves the tip past it, so it is not missed.
                     seen = state
                 self.last_error = None
+                self.storage.release_deleted_packs()  # idle: hold no pack a repack deleted
             except Exception as exc:  # never die silently: log, back off, go on
                 self.last_error = str(exc)
                 seen = None

@@ -12,12 +12,12 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gitmq.cli.signals import StopFlag
 from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
 from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
@@ -29,6 +29,15 @@ from gitmq.storage.remote import Credentials
 from gitmq.sync import SyncReport, SyncTarget, sync_once, tracking_ref
 
 log = logging.getLogger("gitmq.node")
+
+
+class StopFlag(Protocol):
+    """What ``Node.run`` waits on: a ``threading.Event``, or the CLI's ``SignalStop``."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
 
 #: How long a stopping node lets a running handler finish.
 HANDLER_GRACE_SECONDS = 30.0
@@ -81,6 +90,7 @@ class Node:
             for name, remote in config.remotes.items()
         }
         self.storage = Storage(config.storage_path, fsync=config.fsync)
+        self._record_upstreams()
         self.consumers = [(self._consumer(c), self._handler(c)) for c in config.consumers.values()]
         self._sync_lock = threading.Lock()
 
@@ -102,6 +112,15 @@ class Node:
             return command_handler(c.handler.command, c.queue, c.name, c.handler.timeout)
         assert c.handler.python is not None
         return python_handler(c.handler.python)
+
+    def _record_upstreams(self) -> None:
+        """Say in the storage which queues sync with which remote, so that a consumer or
+        a seek opened on this storage by hand reads confirmed messages as the node does."""
+        synced = {q: t.remote for t in self.targets.values() for q in t.queues}
+        for queue in self.config.queues:
+            self.storage.set_upstream(queue, synced.get(queue))
+        for queue, remote in synced.items():
+            self.storage.set_upstream(queue, remote)
 
     def close(self) -> None:
         self.storage.close()
@@ -128,6 +147,7 @@ class Node:
     def sync_remote(self, name: str) -> SyncReport:
         with self._sync_lock:
             report = sync_once(self.storage, self.targets[name])
+        self.storage.release_deleted_packs()
         level = logging.INFO if report.ok else logging.WARNING
         log.log(level, "%s", report.line(), extra={"sync": vars(report)})
         return report

@@ -72,9 +72,7 @@ def replay_snapshot(
     landed = {fmt.stable_id(storage.read_body(s)) for s in storage.commits_between(base, confirmed)}
     replay = Replay(local, confirmed, confirmed, landed)
     shas = storage.commits_between(base, local)
-    storage.write_commits(
-        replay.extend(shas, [storage.read_body(s) for s in shas], committer, now)
-    )
+    storage.write_commits(replay.extend(shas, [storage.read_body(s) for s in shas], committer, now))
     return replay
 
 

@@ -142,7 +142,7 @@ def _carry_over(storage: Storage, rot: Rotating, number: int, now: datetime) -> 
         if storage.compare_and_swap(ref, end, local):
             break
     return moved
-        # a producer appended meanwhile: go round; ids already moved are skipped
+    # a producer appended meanwhile: go round; ids already moved are skipped
 
 
 def _successor(storage: Storage, rot: Rotating, number: int, close_sha: str) -> str:

@@ -28,6 +28,7 @@ class Offset:
     consumer: str
     source: QueueSource
     remote: str | None = None  # the remote the queue syncs with
+
     @property
     def tag_ref(self) -> str:
         return f"refs/tags/{self.consumer}"
@@ -66,8 +67,14 @@ def seek_time(offset: Offset, when: datetime) -> str | None:
 
 def delete(offset: Offset) -> str | None:
     """Delete the tag (and, when synced, on the remote at the next sync); returns its
-    old value."""
+    old value here, or the remote's when only the remote has one (None: no tag)."""
     old = offset.storage.read_ref(offset.tag_ref)
+    if old is None and offset.remote is not None:
+        copy = offset.storage.read_ref(offsets.remote_tag_ref(offset.remote, offset.consumer))
+        if copy is not None:
+            with offset.storage.exclusive(names.sync_lock(offset.remote)):
+                offsets.record_reset(offset.storage, offset.consumer, copy)
+        return copy
     _set(offset, None)
     return old
 

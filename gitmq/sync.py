@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -154,7 +155,17 @@ class _Cycle:
         self.report.pushes += 1
         self.report.pushed_messages += self.message_count
         self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in updates)
-        self.report.unpushed -= self.message_count
+
+    def unpushed(self) -> int:
+        """Local messages the remote does not have yet (a ref read per branch when
+        there are none)."""
+        total = 0
+        for branch in self.branches({}):
+            local = self.storage.read_ref(f"refs/heads/{branch}")
+            confirmed = self.storage.read_ref(tracking_ref(self.target.remote, branch))
+            if local is not None and local != confirmed:
+                total += self.storage.count(confirmed, local)
+        return total
 
     # step 1 -----------------------------------------------------------------
     def fetch_changed(
@@ -269,9 +280,7 @@ class _Cycle:
                 return
         self.updates.append(RefUpdate(local, f"refs/heads/{queue}"))
         self.confirm.append((tracking_ref(self.target.remote, queue), local, confirmed))
-        count = self.storage.count(confirmed, local)
-        self.message_count += count
-        self.report.unpushed += count
+        self.message_count += self.storage.count(confirmed, local)
 
 
 def sync_once(
@@ -293,7 +302,6 @@ def sync_once(
         storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
         for attempt in range(1, target.max_attempts + 1):
-            report.unpushed = 0
             try:
                 _Cycle(storage, target, report, clock).run(listen_only)
                 break
@@ -310,5 +318,8 @@ def sync_once(
                 f"push rejected {report.rejections} times (other nodes kept pushing first); "
                 f"will try again next cycle"
             )
+        if not listen_only:
+            with contextlib.suppress(GitMQError):  # a count is only for the report
+                report.unpushed = _Cycle(storage, target, report, clock).unpushed()
     report.seconds = time.monotonic() - started
     return report

@@ -10,11 +10,21 @@
     PAYLOAD, write PAYLOAD into ``LOG.inside`` and hang in the handler (the
     test kills the process there). Creates ``LOG.ready`` once consuming;
     exits 0 on SIGTERM.
+
+``pace PATH BRANCH TAG RATE SECONDS ACKS GO``
+    Wait until the file GO exists, then publish ``TAG:0``, ``TAG:1``, ... one
+    message at a time at RATE per second for SECONDS: message i is due at
+    start + i / RATE on the monotonic clock, so a late publish is followed by
+    the next one at once and the pace catches up instead of drifting. After
+    each publish returns, appends ``ID TAG:i`` to ACKS (the acknowledged
+    messages); at the end writes ``ACKS.done`` (JSON: how many, the wall-clock
+    start and end, the worst lateness).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
@@ -22,7 +32,7 @@ import time
 from pathlib import Path
 
 from gitmq import Consumer, Message, Producer, Storage
-from gitmq.cli.signals import stop_event_on_signals
+from gitmq.cli.signals import SignalStop
 
 
 def produce(path: str, branch: str, tag: str, count: int, go: Path) -> None:
@@ -34,8 +44,36 @@ def produce(path: str, branch: str, tag: str, count: int, go: Path) -> None:
             producer.publish(f"{tag}:{i}")
 
 
+def pace(
+    path: str, branch: str, tag: str, rate: float, seconds: float, acks: Path, go: Path
+) -> None:
+    fd = os.open(acks, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    count, late = 0, 0.0
+    with Storage(path) as storage:
+        producer = Producer(storage, branch)
+        while not go.exists():
+            time.sleep(0.001)
+        started, wall = time.monotonic(), time.time()
+        while count < rate * seconds:
+            ahead = started + count / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            late = max(late, -ahead)
+            message = producer.publish(f"{tag}:{count}")
+            os.write(fd, f"{message.id} {tag}:{count}\n".encode())
+            count += 1
+        elapsed = time.monotonic() - started
+        summary = {"count": count, "start": wall, "end": time.time(), "seconds": elapsed}
+        summary["max_late"] = late
+    os.close(fd)
+    done = acks.with_name(acks.name + ".done")
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, done)
+
+
 def consume(path: str, branch: str, name: str, log: Path, block_on: str | None) -> None:
-    stop = stop_event_on_signals()
+    stop = SignalStop()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def handler(message: Message) -> None:
@@ -72,9 +110,18 @@ def main() -> int:
         c.add_argument(arg)
     c.add_argument("log", type=Path)
     c.add_argument("--block-on")
+    r = sub.add_parser("pace")
+    for arg in ("path", "branch", "tag"):
+        r.add_argument(arg)
+    r.add_argument("rate", type=float)
+    r.add_argument("seconds", type=float)
+    r.add_argument("acks", type=Path)
+    r.add_argument("go", type=Path)
     args = parser.parse_args()
     if args.command == "produce":
         produce(args.path, args.branch, args.tag, args.count, args.go)
+    elif args.command == "pace":
+        pace(args.path, args.branch, args.tag, args.rate, args.seconds, args.acks, args.go)
     else:
         consume(args.path, args.branch, args.name, args.log, args.block_on)
     return 0

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gitmq import __version__, demo
-from gitmq.cli import github_cmd, node_cmd, prune_cmd, queue_cmds
+from gitmq.cli import consumer_cmd, github_cmd, node_cmd, prune_cmd, queue_cmds
 from gitmq.cli.errors import guarded
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gitmq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     queue_cmds.register(sub)
+    consumer_cmd.register(sub)
     node_cmd.register(sub)
     prune_cmd.register(sub)
     github_cmd.register(sub)

@@ -226,7 +226,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print("queues:")
     for queue in status["queues"]:
-        print(f"  {queue['name']}: {plural(queue['messages'], 'message')}")
+        line = f"  {queue['name']}: {plural(queue['messages'], 'message')}"
+        if "remote" in queue:
+            line += f" ({queue['confirmed']} confirmed by {queue['remote']}, "
+            line += f"{queue['unpushed']} unpushed)"
+        print(line)
     print("consumers:")
     for c in status["consumers"]:
         where = f"{c['queue']} lag {c['lag']}" if c["queue"] else "not on any queue"

@@ -36,20 +36,11 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Protocol
 
 from gitmq.cli.errors import EXIT_INTERRUPTED
 
 FORCED_EXIT_LINE = b"gitmq: second interrupt, exiting now\n"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class StopFlag(Protocol):
-    """What a loop that runs until asked to stop waits on (``threading.Event`` fits)."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class SignalStop:
@@ -104,8 +95,3 @@ def _ignore_while_exiting() -> None:
     """An atexit hook: the interpreter leaves ignored signals ignored as it shuts down."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-
-
-def stop_event_on_signals() -> SignalStop:
-    """The former name of :class:`SignalStop` (tests/workers.py still calls it)."""
-    return SignalStop()

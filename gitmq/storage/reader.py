@@ -51,6 +51,12 @@ class ObjectReader:
             raise StorageError(f"object {sha} in {self._shown} is a {kind.decode()}, not a message")
         return data
 
+    def check(self) -> None:
+        """Restart the batch process if packs changed (rate-limited): for readers that
+        sit idle, which would otherwise hold a deleted pack until their next read."""
+        with self._lock:
+            self._check_packs()
+
     def refresh(self) -> None:
         """Restart the batch process: packs were deleted (it may hold them open)."""
         with self._lock:

@@ -287,6 +287,11 @@ class Storage:
         """The raw body of commit ``sha``."""
         return self._reader.read_body(sha)
 
+    def release_deleted_packs(self) -> None:
+        """Let go of packs deleted since (a repack by another process): cheap, and at
+        most one look at the pack directory a second. Long-lived idle readers call it."""
+        self._reader.check()
+
     def read(self, sha: str) -> Message:
         return fmt.decode(sha, self.read_body(sha))
 
