@@ -9,6 +9,7 @@ GitMQ's own writers, so only the reachability guard can save their objects.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nodes import Cluster, assert_landed_once
 from servers import GitDaemon
-from util import EMPTY_TREE, fsck, git_text, run, wait_for
+from util import EMPTY_TREE, deleted_packs_held, disk_use, fsck, git, git_text, run, wait_for
 
-from gitmq import Identity, Producer, Storage
+from gitmq import Consumer, Identity, Producer, Storage
 from gitmq.config import PrunePolicy
+from gitmq.errors import NotFoundError, UsageError
 from gitmq.prune import prune_queue
 from gitmq.storage import collect, gitcli, guard
 from gitmq.storage.remote import Credentials
@@ -216,3 +219,147 @@ def test_a_fetch_that_lands_during_the_snapshot_keeps_its_commits(
     assert fired
     assert resolves(a, tracking_ref(REMOTE, "orders")) == 300
     fsck(a.git_dir)
+
+
+# ------------------------------------------------------------------ raced for real
+
+
+@pytest.mark.slow
+def test_prunes_raced_against_sync_producers_consumers_and_seeks_lose_nothing(
+    git_daemon: GitDaemon, central: Path, tmp_path: Path, no_grace: None
+) -> None:
+    """Eight seconds of everything at once, each thread with a storage of its own (as
+    separate processes would have): node b publishes and syncs, so node a's fetches keep
+    bringing objects; on node a a producer writes a synced and a local-only queue, a
+    sync loop fetches, re-parents and pushes, a consumer acknowledges, a seeker moves a
+    tag back and forth over old messages, and a pruner prunes both queues, with no
+    grace period. Afterwards every ref resolves, fsck is clean, and every message
+    published reached the remote exactly once."""
+    url = git_daemon.url("central.git")
+    path_a, path_b = tmp_path / "a.git", tmp_path / "b.git"
+    deadline = time.monotonic() + 8.0
+    errors: list[str] = []
+    published: list[str] = []
+
+    def loop(name: str, path: Path, body: Callable[[Storage, int], None]) -> threading.Thread:
+        def run_loop() -> None:
+            storage = Storage(path)
+            try:
+                i = 0
+                while time.monotonic() < deadline:
+                    body(storage, i)
+                    i += 1
+            except Exception as exc:
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            finally:
+                storage.close()
+
+        return threading.Thread(target=run_loop, name=name)
+
+    def produce_b(s: Storage, i: int) -> None:
+        Producer(s, "orders", author=AUTHOR).publish_many([f"b:{i}:{j}" for j in range(30)])
+        published.extend(f"b:{i}:{j}" for j in range(30))
+        contended_sync(s, "b")
+        time.sleep(0.05)
+
+    def produce_a(s: Storage, i: int) -> None:
+        Producer(s, "orders", author=AUTHOR).publish(f"a:{i}")
+        published.append(f"a:{i}")
+        Producer(s, "local", author=AUTHOR).publish(f"l:{i}")
+
+    def contended_sync(s: Storage, node: str) -> None:
+        """A sync that may lose every push to the other node (it tries again), nothing else."""
+        report = sync_once(s, target(url, node))
+        assert report.ok or report.error.startswith("push rejected"), report.line()
+
+    def sync_a(s: Storage, i: int) -> None:
+        contended_sync(s, "a")
+
+    def consume_a(s: Storage, i: int) -> None:
+        if s.read_ref(tracking_ref(REMOTE, "orders")) is not None:
+            Consumer(s, "c", "orders").deliver_pending(lambda m: None)
+        time.sleep(0.01)
+
+    def seek_a(s: Storage, i: int) -> None:
+        consumer = Consumer(s, "s", "local")
+        shas = s.commits_between(None, s.read_ref("refs/heads/local") or "") if i % 2 else []
+        with contextlib.suppress(NotFoundError, UsageError):  # pruned meanwhile
+            consumer.seek(shas[len(shas) // 3] if shas else "end")
+        time.sleep(0.005)
+
+    def prune_a(s: Storage, i: int) -> None:
+        prune_local(s, keep=20)
+        policy = PrunePolicy(max_messages=50, keep_unconsumed=False)
+        prune_queue(s, "orders", policy, now=datetime.now(UTC), remote=REMOTE)
+
+    Storage(path_a).close()
+    Storage(path_b).close()
+    threads = [
+        loop("b", path_b, produce_b),
+        loop("producer", path_a, produce_a),
+        loop("sync", path_a, sync_a),
+        loop("consumer", path_a, consume_a),
+        loop("seeker", path_a, seek_a),
+        loop("pruner", path_a, prune_a),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    with Storage(path_a) as a, Storage(path_b) as b:
+        for storage, node in ((a, "a"), (b, "b"), (a, "a")):
+            assert sync_once(storage, target(url, node)).ok
+        for ref in a.list_refs("refs/"):
+            resolves(a, ref)
+    fsck(path_a)
+    fsck(central)
+    assert_landed_once(central, "orders", published)
+
+
+# ------------------------------------------------------------------ a running node
+
+
+@pytest.mark.slow
+def test_a_running_node_frees_the_disk_that_prune_and_repack_free(
+    tmp_path: Path, git_daemon: GitDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node delivers 20,000 messages (its reader opens their packs), then its prune
+    job drops them and rewrites the packs; afterwards a repack by another process
+    deletes the packs it has read since. Neither leaves a deleted pack open or mapped
+    in the node or its git children, and the storage takes a fraction of the disk."""
+    queues = {"local": {"prune": {"max_messages": 100, "schedule": "2s"}}}
+    with Cluster(tmp_path / "cluster", git_daemon.url("central.git")) as cluster:
+        node = cluster.node("a", {"c": "local"}, python_handler=True, extra={"queues": queues})
+        monkeypatch.setenv("GITMQ_TEST_RECORD", str(node.consumer_log("c")))
+        monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+        with Storage(node.storage) as storage:
+            producer = Producer(storage, "local", author=AUTHOR)
+            for _ in range(4):
+                producer.publish_many([os.urandom(500).hex() for _i in range(5000)])
+        before = disk_use(node.storage)
+        proc = node.start("--log-format", "json")
+        wait_for(lambda: len(node.received("c")) >= 20_000, 120, "delivery", procs=[proc])
+        wait_for(
+            lambda: any(
+                r["prune"]["total"] - r["prune"]["dropped"] == 100
+                for r in node.json_log()
+                if "prune" in r
+            ),
+            60,
+            "a prune down to 100 messages",
+            procs=[proc],
+        )
+        wait_for(lambda: not deleted_packs_held(proc.pid), 10, "the pruned packs let go")
+        after_prune = disk_use(node.storage)
+        assert after_prune < before / 4, (before, after_prune)
+
+        with Storage(node.storage) as storage:
+            Producer(storage, "local", author=AUTHOR).publish_many(
+                [os.urandom(500).hex() for _ in range(5000)]
+            )
+        wait_for(lambda: len(node.received("c")) >= 25_000, 60, "delivery", procs=[proc])
+        git(node.storage, "repack", "-a", "-d", "-q")  # another process deletes the packs
+        wait_for(lambda: not deleted_packs_held(proc.pid), 10, "the repacked packs let go")
+        assert node.stop() == 0, node.log_text()
+    fsck(node.storage)

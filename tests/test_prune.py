@@ -46,6 +46,7 @@ from gitmq.config import load as load_config
 from gitmq.message import Message
 from gitmq.node import Node
 from gitmq.prune import PruneReport, prune_queue
+from gitmq.segments import RotationPolicy, segment_branch, segments
 from gitmq.storage import collect as git_history
 from gitmq.storage.remote import Credentials
 from gitmq.sync import SyncReport, SyncTarget, remote_tag_ref, sync_once, tracking_ref
@@ -424,6 +425,83 @@ def test_the_remotes_copy_of_a_tag_is_a_floor_even_without_keep_unconsumed(
     assert (again.boundary, again.dropped, again.held_back) == (old[2000], 1900, ())
     assert git_text(central, "rev-parse", "refs/tags/c") == old[2900]
     fsck(a.git_dir)
+
+
+def test_a_rotating_queue_is_pruned_across_every_segment(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    """The policy counts the whole queue, oldest segment first: segments wholly older
+    than the cut keep only their tip (their close marker, which the branch names), the
+    segment with the cut keeps what the policy keeps, and a consumer from the beginning
+    still crosses every segment in order."""
+    a = storages["a"]
+    rotating = SyncTarget(
+        remote=REMOTE,
+        url=git_daemon.url("central.git"),
+        queues=(QUEUE,),
+        consumers=(),
+        committer=Identity("Node a", "a@test"),
+        rotations={QUEUE: RotationPolicy(max_messages=100, keep_segments=10)},
+    )
+    published = []
+    for round_ in range(4):
+        published += fill(a, 100, start=100 * round_)
+        synced(a, rotating)
+        synced(a, rotating)  # closes the full segment and pushes the next one's root
+    published += fill(a, 80, start=9000)
+    synced(a, rotating)
+    found = segments(a, QUEUE)
+    assert len(found) >= 4, found
+    live = f"refs/heads/{segment_branch(QUEUE, found[-1][0])}"
+    live_messages = len(history(a, live))
+
+    report = prune(a, max_messages=50, synced=True)
+
+    assert report.kept == 50 + len(found) - 1, report  # the cut, plus each older tip
+    assert len(history(a, live)) == 50
+    for number, _ in found[:-1]:
+        assert len(history(a, f"refs/heads/{segment_branch(QUEUE, number)}")) == 1
+    assert live_messages == 81  # its open marker and 80 messages
+    fsck(a.git_dir)
+    late = Consumer(a, "late", QUEUE)
+    assert [m.payload.decode() for m in late.poll()] == published[-50:]
+    more = fill(a, 10, start=10_000)
+    assert synced(a, rotating).pushed_messages == 10
+    assert [m.payload.decode() for m in late.poll()] == published[-50:] + more
+    fsck(a.git_dir)
+
+
+def test_a_prune_leaves_the_reflogs_of_refs_gitmq_does_not_own_alone(tmp_path: Path) -> None:
+    """A storage that is also someone's working repository: their branch's reflog (and
+    the commits only it still names) stays; only the queue's own reflog is expired."""
+    repo = tmp_path / "work"
+    run(["git", "init", "-q", str(repo)])
+    ident = ["-c", "user.name=U", "-c", "user.email=u@test"]
+    for text in ("one", "two"):
+        run(["git", "-C", str(repo), *ident, "commit", "-q", "--allow-empty", "-m", text])
+    run(["git", "-C", str(repo), "reset", "-q", "--hard", "HEAD~1"])  # "two" is in reflogs only
+    reflog_before = git_text(repo / ".git", "reflog", "show", "--format=%H %gs", "HEAD")
+    with Storage(repo) as s:
+        fill(s, 300)
+        run(
+            [
+                "git",
+                "--git-dir",
+                str(s.git_dir),
+                "update-ref",
+                "-m",
+                "x",
+                f"refs/heads/{QUEUE}",
+                history(s)[-1],
+            ]
+        )  # a git command writes the queue's reflog too
+        report = prune(s, max_messages=10)
+        assert report.kept == 10
+        assert git_text(s.git_dir, "reflog", "show", "--format=%H %gs", "HEAD") == reflog_before
+        two = reflog_before.splitlines()[1].split()[0]
+        assert run(["git", f"--git-dir={s.git_dir}", "cat-file", "-e", two]).status == 0
+        queue_log = git_text(s.git_dir, "reflog", "show", "--format=%H", f"refs/heads/{QUEUE}")
+        assert queue_log == ""
 
 
 # ------------------------------------------------------------------------- sync and prune

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from nodes import Cluster, TestNode, in_producer_order
 from servers import GitDaemon
-from util import fsck, git, git_text, rev_parse, run, wait_for
+from util import EMPTY_TREE, fsck, git, git_text, rev_parse, run, wait_for
 
 from gitmq import Consumer, Identity, Producer, Storage, rotation, segments, sync
 from gitmq.message import Message
@@ -557,3 +558,21 @@ def test_three_node_processes_rotate_and_deliver_everything_once_in_one_order(
     assert numbers[0] == 0 and numbers[-1] >= 5 and len(numbers) <= 3, numbers
     assert "Traceback" not in "".join(n.log_text() for n in members)
     fsck(central)
+
+
+def test_a_message_without_an_id_is_moved_on_only_once(storages: dict[str, Storage]) -> None:
+    """Moving messages off a closed segment skips those already on the next one; a
+    message written without gitmq-id (the gem, plain git) is known by its derived id."""
+    s = storages["a"]
+    rot = rotation.Rotating(QUEUE, POLICY, REMOTE, Identity("Node a", "a@test"))
+    stamp = "1700000000 +0000"
+    who = f"Gem <gem@test> {stamp}"
+    body = f"tree {EMPTY_TREE}\nauthor {who}\ncommitter {who}\n\nhi\n"
+    first = s.write_commits([body.encode()])[0]
+    live = f"refs/heads/{QUEUE}.seg.000001"
+    assert s.compare_and_swap(live, first, None)
+    assert s.compare_and_swap(tracking_ref(REMOTE, f"{QUEUE}.seg.000001"), first, None)
+    elsewhere = f"tree {EMPTY_TREE}\nparent {first}\n" + body.split("\n", 1)[1]
+    copy = s.write_commits([elsewhere.encode()])[0]  # the same message on another parent
+    assert rotation._move(s, rot, [copy], live, datetime.now(UTC)) == 0
+    assert s.read_ref(live) == first

@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 from nodes import assert_landed_once, in_producer_order, landed_ids, remote_messages
 from servers import GitDaemon, SmartHttp, SshServer, make_bare
-from util import commit_body, fsck, git, rev_parse, wait_for
+from util import (
+    EMPTY_TREE,
+    GITMQ,
+    WORKERS,
+    commit_body,
+    fsck,
+    git,
+    kill_all,
+    rev_parse,
+    start,
+    wait_for,
+)
 
 from gitmq import Consumer, Identity, Producer, Storage
 from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, push_atomic
@@ -404,6 +415,79 @@ def test_a_push_that_landed_unseen_is_not_sent_again(
     assert (report.pushed_messages, report.duplicates_dropped) == (1, 0)
     landed = assert_landed_once(central, "orders", ["a1", "b1", "a2"])
     assert [m.payload for m in landed] == ["a1", "b1", "a2"]
+
+
+def gem_publish(storage: Storage, text: str, queue: str = "orders") -> str:
+    """Append a message the way the Ruby gem or plain git does: no gitmq-id."""
+    tip = storage.read_ref(f"refs/heads/{queue}")
+    parent = ["-p", tip] if tip else []
+    sha = git(storage.git_dir, "commit-tree", EMPTY_TREE, *parent, "-m", text).decode().strip()
+    assert storage.compare_and_swap(f"refs/heads/{queue}", sha, tip)
+    return sha
+
+
+def test_a_message_without_an_id_that_already_landed_is_never_sent_twice(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage], tmp_path: Path
+) -> None:
+    """As above, for messages written without gitmq-id (the Ruby gem, plain git): they
+    are recognised by their derived id (author line and payload, which re-parenting
+    keeps)."""
+    a, b = storages["a"], storages["b"]
+    url = git_daemon.url("central.git")
+    gem_publish(a, "x1")
+    gem_publish(a, "x2")
+    shutil.copytree(a.path, tmp_path / "nodes" / "restored.git")
+    producer(b, "b").publish("y1")
+    synced(b, target(url, "b"))
+    assert synced(a, target(url, "a")).reparented == 2
+
+    restored = storages["restored"]
+    gem_publish(restored, "x3")
+    report = synced(restored, target(url, "a"))
+    assert (report.duplicates_dropped, report.reparented, report.pushed_messages) == (2, 1, 1)
+    assert [m.payload for m in remote_messages(central, "orders")] == ["y1", "x1", "x2", "x3"]
+
+
+def test_sync_wins_at_once_against_a_producer_that_never_pauses(
+    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+) -> None:
+    """Another node pushed first, and a producer process publishes into this node's
+    storage as fast as it can: the cycle re-parents once (the bulk outside the branch
+    lock, what arrived meanwhile under it), pushes, and leaves no orphan copy behind."""
+    a, b = storages["a"], storages["b"]
+    url = git_daemon.url("central.git")
+    producer(b, "b").publish("b0")
+    synced(b, target(url, "b"))
+    producer(a, "a").publish_many([f"a:{i}" for i in range(200)])
+    go = a.path.parent / "go"
+    busy = start([*GITMQ[:1], WORKERS, "produce", a.path, "orders", "loop", "100000", go])
+    try:
+        go.touch()
+        wait_for(lambda: len(a.commits_between(None, head(a) or "")) > 400, 30, "the producer")
+        reports: list[SyncReport] = []
+        cycle = threading.Thread(target=lambda: reports.append(sync_once(a, target(url, "a"))))
+        cycle.start()
+        cycle.join(60)
+        assert reports and reports[0].ok, "the cycle did not finish while the producer ran"
+        report = reports[0]
+        assert report.rejections == 0 and report.pushes == 1
+        assert report.pushed_messages >= 400 and report.reparented >= 400
+        assert report.orphans_removed >= report.reparented - 1  # the replaced originals
+    finally:
+        kill_all([busy])
+    assert unreachable_commits(a.git_dir) == []
+    synced(a, target(url, "a"))
+    fsck(a.git_dir)
+    landed = [m.payload for m in remote_messages(central, "orders")]
+    assert landed[0] == "b0" and len(landed) == len(set(landed))
+    assert landed[1:201] == [f"a:{i}" for i in range(200)]
+    assert in_producer_order(landed[201:])
+
+
+def unreachable_commits(git_dir: Path) -> list[str]:
+    """Commits no ref (nor reflog) reaches: orphan copies."""
+    out = git(git_dir, "fsck", "--unreachable", "--no-progress").decode()
+    return [ln.split()[2] for ln in out.splitlines() if ln.startswith("unreachable commit")]
 
 
 # ------------------------------------------------------------------ concurrency

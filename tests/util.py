@@ -7,6 +7,7 @@ what a user sees: exit status, stdout and stderr.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -263,3 +264,39 @@ def lines_of(path: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return data.splitlines() if data.endswith("\n") else data.splitlines()[:-1]
+
+
+def deleted_packs_held(pid: int) -> list[str]:
+    """Deleted pack files that process ``pid`` or one of its children still holds open or
+    mapped (``/proc/PID/fd`` and ``/proc/PID/maps``): disk that is not freed yet."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                pids.append(int(entry.name))
+    held: set[str] = set()
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                    if "/pack/" in target and target.endswith("(deleted)"):
+                        held.add(target)
+            for line in Path(f"/proc/{p}/maps").read_text().splitlines():
+                if "/pack/" in line and line.endswith("(deleted)"):
+                    held.add(line.split(None, 5)[-1])
+    return sorted(held)
+
+
+def disk_use(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (what ``du`` counts)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
