@@ -196,8 +196,9 @@ class _Cycle:
             elif theirs is None and known is not None:
                 storage.delete_ref(mine, known)  # deleted on the remote (a reset elsewhere)
         self.offsets.remember(copies)
+        tips = [sha for sha in before.values() if sha] + [c for c in copies.values() if c]
         with storage.writing():  # a fetch may only set refs to objects we already had
-            fetch(storage.git_dir, t.url, specs, t.credentials)
+            fetch(storage.git_dir, t.url, specs, t.credentials, tips)
         self.offsets.follow(self.tags)
         self.report.tags_resumed += self.tags.followed
         self.tags.followed = 0

@@ -131,12 +131,26 @@ def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
     return refs
 
 
-def fetch(git_dir: Path, url: str, refspecs: Sequence[str], creds: Credentials) -> None:
-    """Fetch ``refspecs`` (all forced into private tracking refs); never touches tags."""
+def fetch(
+    git_dir: Path,
+    url: str,
+    refspecs: Sequence[str],
+    creds: Credentials,
+    known: Sequence[str] = (),
+) -> None:
+    """Fetch ``refspecs`` (all forced into private tracking refs); never touches tags.
+
+    ``known`` are commits the remote is known to have (the confirmed tips): git
+    negotiates from them only. Left to itself it offers every local ref, and a
+    node with a large unpushed backlog would spend rounds of negotiation (a
+    third of a second for 1,000 unpushed messages) telling the server about
+    commits it cannot have."""
     if not refspecs:
         return
     _clear_stale_locks(git_dir, refspecs)
-    args = ["fetch", "--no-tags", "--no-write-fetch-head", "--quiet", url, *refspecs]
+    args = ["fetch", "--no-tags", "--no-write-fetch-head", "--quiet"]
+    args += [f"--negotiation-tip={sha}" for sha in known]
+    args += [url, *refspecs]
     status, _, err = _network(git_dir, args, url, creds)
     if status != 0:
         raise _failure(url, "fetch", err)
