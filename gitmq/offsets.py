@@ -73,6 +73,11 @@ class Plan:
     conflicts: list[str] = field(default_factory=list)
     followed: int = 0
 
+    def report(self, text: str) -> None:
+        """A tag that cannot move as asked: in the sync report and the log."""
+        self.conflicts.append(text)
+        log.error("%s", text)
+
 
 class OffsetSync:
     """The consumer tags of one sync cycle with one remote."""
@@ -165,13 +170,11 @@ class OffsetSync:
             plan.resets.append(consumer)  # already there: only the record goes
             return
         if local is not None and not self.confirmed(local):
-            text = (
+            plan.report(
                 f"consumer {consumer!r}: its tag {local[:12]} is not on the confirmed history "
                 f"of its queue (set on an unpushed message?); not pushed to {self.remote}: "
                 f"move it with 'gitmq seek'"
             )
-            plan.conflicts.append(text)
-            log.error("%s", text)
             return
         if local is None:
             assert remote is not None
@@ -183,10 +186,8 @@ class OffsetSync:
             plan.resets.append(consumer)
 
     def _conflict(self, plan: Plan, consumer: str, local: str, remote: str) -> None:
-        text = (
+        plan.report(
             f"consumer {consumer!r}: local tag {local[:12]} and the tag on {self.remote} "
             f"{remote[:12]} have diverged (two nodes run a consumer of that name?); "
             f"neither was moved"
         )
-        plan.conflicts.append(text)
-        log.error("%s", text)

@@ -64,6 +64,15 @@ def resolves(storage: Storage, ref: str) -> int:
     return int(git_text(storage.git_dir, "rev-list", "--count", ref))
 
 
+def pushed_two_hours_ago(b: Storage, url: str) -> None:
+    """Node b published 300 messages two hours ago and pushed them then."""
+    old = datetime.now(UTC) - timedelta(hours=2)
+    Producer(b, "orders", author=AUTHOR, clock=lambda: old).publish_many(
+        [f"order {i}" for i in range(300)]
+    )
+    assert sync_once(b, target(url, "b"), now=lambda: old).ok
+
+
 @pytest.fixture
 def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(collect, "ORPHAN_GRACE", 0.0)
@@ -164,12 +173,8 @@ def test_a_fetch_of_objects_already_here_during_a_prune_keeps_them(
     them again right after a prune's snapshot; git finds every object present and only
     sets the ref, so the commits the prune took for orphans are named again."""
     url = git_daemon.url("central.git")
-    a, b = storages["a"], storages["b"]
-    old = datetime.now(UTC) - timedelta(hours=2)
-    Producer(b, "orders", author=AUTHOR, clock=lambda: old).publish_many(
-        [f"order {i}" for i in range(300)]
-    )
-    assert sync_once(b, target(url, "b"), now=lambda: old).ok
+    a = storages["a"]
+    pushed_two_hours_ago(storages["b"], url)
     assert sync_once(a, target(url, "a")).ok
     tracking = tracking_ref(REMOTE, "orders")
     tip = a.read_ref(tracking)
@@ -197,12 +202,8 @@ def test_a_fetch_that_lands_during_the_snapshot_keeps_its_commits(
     prunes a local-only queue while its sync fetches them, between the prune's listing
     of what is reachable and its deletions."""
     url = git_daemon.url("central.git")
-    a, b = storages["a"], storages["b"]
-    old = datetime.now(UTC) - timedelta(hours=2)
-    Producer(b, "orders", author=AUTHOR, clock=lambda: old).publish_many(
-        [f"order {i}" for i in range(300)]
-    )
-    assert sync_once(b, target(url, "b"), now=lambda: old).ok
+    a = storages["a"]
+    pushed_two_hours_ago(storages["b"], url)
     Producer(a, "local", author=AUTHOR).publish_many([f"l{i}" for i in range(50)])
     real_run = gitcli.run
     fired: list[int] = []
