@@ -16,7 +16,7 @@ import yaml
 
 from gitmq import names
 from gitmq.config_section import Section
-from gitmq.consumer import dead_letter_queue
+from gitmq.deadletter import dead_letter_queue
 from gitmq.errors import ConfigError, GitMQError
 from gitmq.message import Identity
 from gitmq.producer import DEFAULT_MAX_PAYLOAD

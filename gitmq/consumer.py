@@ -16,9 +16,9 @@ from datetime import datetime
 
 from gitmq import names
 from gitmq import seek as seeking
+from gitmq.deadletter import DeadLetters
 from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
-from gitmq.producer import Producer
 from gitmq.retry import RetryPolicy
 from gitmq.segments import OPEN, QueueSource
 from gitmq.storage import Storage
@@ -31,13 +31,20 @@ ACK_BATCH = 100
 ACK_EVERY = 0.05
 
 
-def _default_source(remote: str | None, branch: str) -> str:
-    return names.tracking_ref(remote, branch) if remote else names.queue_ref(branch)
-
-
-def dead_letter_queue(branch: str) -> str:
-    """The default dead-letter queue of ``branch``."""
-    return f"{branch}.dlq"
+def _source_ref(remote: str | None, branch: str, given: str | None) -> str:
+    """What a consumer of ``branch`` reads: the confirmed messages of a synced queue
+    (``remote``: the one the storage records for it), else the branch."""
+    local = names.queue_ref(branch)
+    ref = given or (names.tracking_ref(remote, branch) if remote else local)
+    if not ref.endswith("/" + branch):
+        raise UsageError(f"source_ref {ref!r} must end with '/{branch}'")
+    if remote is not None and ref == local:
+        raise UsageError(
+            f"queue {branch!r} syncs with remote {remote!r}: consumers read its "
+            f"confirmed messages ({names.tracking_ref(remote, branch)}), not the "
+            f"local branch, whose unpushed messages sync may still re-parent"
+        )
+    return ref
 
 
 class Consumer:
@@ -69,27 +76,22 @@ class Consumer:
         self.branch = names.check_queue(branch)
         self.tag_ref = names.consumer_ref(name)
         self.remote = storage.upstream(branch)
-        self.source_ref = source_ref or _default_source(self.remote, branch)
-        if not self.source_ref.endswith("/" + branch):
-            raise UsageError(f"source_ref {self.source_ref!r} must end with '/{branch}'")
-        if self.remote is not None and self.source_ref == names.queue_ref(branch):
-            raise UsageError(
-                f"queue {branch!r} syncs with remote {self.remote!r}: consumers read its "
-                f"confirmed messages ({names.tracking_ref(self.remote, branch)}), not the "
-                f"local branch, whose unpushed messages sync may still re-parent"
-            )
+        self.source_ref = _source_ref(self.remote, branch, source_ref)
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.retry = retry or RetryPolicy()
-        self.dead_letter = names.check_queue(dead_letter or dead_letter_queue(branch))
-        self._dlq = Producer(storage, self.dead_letter, author=identity, max_payload=1 << 62)
+        self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
         self.poll_interval = poll_interval
         self.delivered = 0
-        self.dead_lettered = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ pull style
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages this consumer moved to its dead-letter queue so far."""
+        return self.dead_letters.count
 
     @property
     def position(self) -> str | None:
@@ -274,27 +276,5 @@ class Consumer:
                 continue
             self.delivered += 1
             return True
-        self._dead_letter(message, error, self.retry.max_attempts)
+        self.dead_letters.publish(message, error, self.retry.max_attempts)
         return True
-
-    def _dead_letter(self, message: Message, error: str, attempts: int) -> None:
-        headers = dict(message.headers)
-        headers.update(
-            {
-                "dead-letter-original-id": message.id,
-                "dead-letter-queue": self.branch,
-                "dead-letter-consumer": self.name,
-                "dead-letter-attempts": str(attempts),
-                "dead-letter-error": " ".join(error.split())[:1000] or "unknown error",
-            }
-        )
-        self._dlq.publish(message.payload, headers)
-        self.dead_lettered += 1
-        log.error(
-            "consumer %s: message %s moved to dead-letter queue %s after %d attempts: %s",
-            self.name,
-            message.id,
-            self.dead_letter,
-            attempts,
-            error,
-        )

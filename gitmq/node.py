@@ -10,13 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
-
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
 from gitmq.consumer import Consumer
@@ -24,9 +20,10 @@ from gitmq.errors import ConfigError, RemoteError
 from gitmq.handlers import command_handler, python_handler
 from gitmq.message import Message
 from gitmq.prune import PruneReport, prune_queue
+from gitmq.schedule import scheduler_for
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials
-from gitmq.sync import SyncReport, SyncTarget, sync_once, tracking_ref
+from gitmq.sync import SyncReport, SyncTarget, sync_once
 
 log = logging.getLogger("gitmq.node")
 
@@ -62,65 +59,70 @@ def credentials(remote: RemoteConfig, environ: Mapping[str, str]) -> Credentials
     )
 
 
+def sync_targets(config: NodeConfig, environ: Mapping[str, str]) -> dict[str, SyncTarget]:
+    """What the node syncs with each remote of ``config``."""
+    return {
+        name: SyncTarget(
+            remote=name,
+            url=remote.url,
+            queues=tuple(config.synced_queues(name)),
+            consumers=tuple(
+                c.name for c in config.consumers.values() if config.queues[c.queue].remote == name
+            ),
+            committer=config.identity,
+            credentials=credentials(remote, environ),
+            max_attempts=config.sync.max_push_attempts,
+            rotations={
+                q.name: q.rotate
+                for q in config.queues.values()
+                if q.remote == name and q.rotate is not None
+            },
+        )
+        for name, remote in config.remotes.items()
+    }
+
+
+def record_upstreams(storage: Storage, config: NodeConfig, targets: Iterable[SyncTarget]) -> None:
+    """Say in the storage which queues sync with which remote (and that the others do
+    not), so that whoever opens it (a consumer, a seek) reads confirmed messages as the
+    node does. The node's own consumers find their source the same way."""
+    synced = {q: t.remote for t in targets for q in t.queues}
+    for queue in config.queues:
+        storage.set_upstream(queue, synced.get(queue))
+    for queue, remote in synced.items():
+        storage.set_upstream(queue, remote)
+
+
+def handler_for(c: ConsumerConfig) -> Callable[[Message], object]:
+    if c.handler.command:
+        return command_handler(c.handler.command, c.queue, c.name, c.handler.timeout)
+    assert c.handler.python is not None
+    return python_handler(c.handler.python)
+
+
 class Node:
     """A running GitMQ node built from a validated :class:`NodeConfig`."""
 
     def __init__(self, config: NodeConfig, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
-        env = os.environ if environ is None else environ
-        self.targets = {
-            name: SyncTarget(
-                remote=name,
-                url=remote.url,
-                queues=tuple(config.synced_queues(name)),
-                consumers=tuple(
-                    c.name
-                    for c in config.consumers.values()
-                    if config.queues[c.queue].remote == name
-                ),
-                committer=config.identity,
-                credentials=credentials(remote, env),
-                max_attempts=config.sync.max_push_attempts,
-                rotations={
-                    q.name: q.rotate
-                    for q in config.queues.values()
-                    if q.remote == name and q.rotate is not None
-                },
-            )
-            for name, remote in config.remotes.items()
-        }
+        self.targets = sync_targets(config, os.environ if environ is None else environ)
         self.storage = Storage(config.storage_path, fsync=config.fsync)
-        self._record_upstreams()
-        self.consumers = [(self._consumer(c), self._handler(c)) for c in config.consumers.values()]
+        record_upstreams(self.storage, config, self.targets.values())
+        self.consumers = [
+            (
+                Consumer(
+                    self.storage,
+                    c.name,
+                    c.queue,
+                    retry=c.retry,
+                    dead_letter=c.dead_letter,
+                    identity=config.identity,
+                ),
+                handler_for(c),
+            )
+            for c in config.consumers.values()
+        ]
         self._sync_lock = threading.Lock()
-
-    def _consumer(self, c: ConsumerConfig) -> Consumer:
-        remote = self.config.queues[c.queue].remote
-        return Consumer(
-            self.storage,
-            c.name,
-            c.queue,
-            source_ref=tracking_ref(remote, c.queue) if remote else None,
-            retry=c.retry,
-            dead_letter=c.dead_letter,
-            identity=self.config.identity,
-        )
-
-    @staticmethod
-    def _handler(c: ConsumerConfig) -> Callable[[Message], object]:
-        if c.handler.command:
-            return command_handler(c.handler.command, c.queue, c.name, c.handler.timeout)
-        assert c.handler.python is not None
-        return python_handler(c.handler.python)
-
-    def _record_upstreams(self) -> None:
-        """Say in the storage which queues sync with which remote, so that a consumer or
-        a seek opened on this storage by hand reads confirmed messages as the node does."""
-        synced = {q: t.remote for t in self.targets.values() for q in t.queues}
-        for queue in self.config.queues:
-            self.storage.set_upstream(queue, synced.get(queue))
-        for queue, remote in synced.items():
-            self.storage.set_upstream(queue, remote)
 
     def close(self) -> None:
         self.storage.close()
@@ -167,26 +169,6 @@ class Node:
         log.info("prune %s", report.line(), extra={"prune": vars(report)})
         return report
 
-    def _schedule_prunes(self, scheduler: BackgroundScheduler) -> None:
-        for queue in self.config.queues.values():
-            policy = queue.prune
-            if policy is None:
-                continue
-            trigger = (
-                CronTrigger.from_crontab(policy.cron, timezone=UTC)
-                if policy.cron
-                else IntervalTrigger(seconds=policy.every or 3600)
-            )
-            scheduler.add_job(
-                self.prune,
-                trigger,
-                args=[queue.name],
-                id=f"prune-{queue.name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
-
     def deliver(self) -> int:
         """Deliver every pending confirmed message to every consumer once."""
         return sum(consumer.deliver_pending(handler) for consumer, handler in self.consumers)
@@ -206,31 +188,9 @@ class Node:
 
     def run(self, stop: StopFlag) -> int:
         """Run until ``stop`` is set, then drain, push what is pending and return 0."""
-        scheduler = BackgroundScheduler(timezone=UTC)
-        for name in self.targets:
-            scheduler.add_job(
-                self.sync_remote,
-                IntervalTrigger(
-                    seconds=self.config.sync.interval, jitter=self.config.sync.jitter or None
-                ),
-                args=[name],
-                id=f"sync-{name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                next_run_time=datetime.now(UTC),
-            )
-            if self.config.sync.poll:
-                scheduler.add_job(
-                    self.listen_remote,
-                    IntervalTrigger(seconds=self.config.sync.poll),
-                    args=[name],
-                    id=f"listen-{name}",
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=None,
-                )
-        self._schedule_prunes(scheduler)
+        scheduler = scheduler_for(
+            self.config, self.targets, self.sync_remote, self.listen_remote, self.prune
+        )
         for consumer, handler in self.consumers:
             consumer.consume(handler)
         scheduler.start()
@@ -240,9 +200,8 @@ class Node:
             len(self.consumers),
             len(self.targets),
         )
-        # Wake up now and then: a signal can land on any thread (the sync thread starts
-        # git all the time), and its Python handler only runs once the main thread is
-        # back in the interpreter. A plain wait() could sleep through SIGTERM forever.
+        # Wake up now and then, whatever ``stop`` is: an untimed wait has slept through
+        # SIGTERM before (the signal landed on a thread busy starting git).
         while not stop.wait(0.5):
             pass
         log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
