@@ -257,7 +257,7 @@ class _Cycle:
             self.plan_push(queue, local, confirmed)
             return
         with storage.writing():  # the copies stay until the branch names them
-            snapshot = self.reparent(local_ref, local, confirmed)
+            snapshot = self.reparent(local, confirmed)
             tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
         self.replaced |= snapshot.replaced
         self.report.reparented += snapshot.copied
@@ -265,7 +265,7 @@ class _Cycle:
         if tip is not None and tip != confirmed:
             self.plan_push(queue, tip, confirmed)
 
-    def reparent(self, local_ref: str, local: str | None, confirmed: str) -> Replay:
+    def reparent(self, local: str | None, confirmed: str) -> Replay:
         """Replay the unpushed messages onto ``confirmed``, outside the branch lock (a
         fast-forward when there are none)."""
         return replay_snapshot(self.storage, local, confirmed, self.target.committer, self.now())
