@@ -258,11 +258,15 @@ def test_two_nodes_running_one_consumer_name_never_move_a_tag_backwards(
         for i in range(0, 30, 3):
             for node in nodes:
                 publish_backlog(node, node.name, i, 3)
+
+        def done() -> bool:  # all 60 first: only then is the tip final
+            if len(landed_ids(central)) != 60:
+                return False
+            tag = rev_parse(central, "refs/tags/shared")
+            return tag is not None and tag == rev_parse(central, "refs/heads/orders")
+
         wait_for(
-            lambda: (
-                rev_parse(central, "refs/tags/shared") == rev_parse(central, "refs/heads/orders")
-                and len(landed_ids(central)) == 60
-            ),
+            done,
             DELIVERY_TIMEOUT,
             "the shared tag at the end of the queue",
         )

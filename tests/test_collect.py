@@ -283,7 +283,8 @@ def test_prunes_raced_against_sync_producers_consumers_and_seeks_lose_nothing(
 
     def seek_a(s: Storage, i: int) -> None:
         consumer = Consumer(s, "s", "local")
-        shas = s.commits_between(None, s.read_ref("refs/heads/local") or "") if i % 2 else []
+        tip = s.read_ref("refs/heads/local")
+        shas = s.commits_between(None, tip) if tip and i % 2 else []
         with contextlib.suppress(NotFoundError, UsageError):  # pruned meanwhile
             consumer.seek(shas[len(shas) // 3] if shas else "end")
         time.sleep(0.005)
