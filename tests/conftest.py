@@ -19,6 +19,23 @@ AUTHOR_EMAIL = "gitmq-test@example.invalid"
 _LEAKY = ("SSH_AUTH_SOCK", "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "XDG_CONFIG_HOME", "EMAIL")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """How long the load and soak tests run (tests/test_load.py, tests/test_soak.py)."""
+    group = parser.getgroup("gitmq", "GitMQ load and soak tests")
+    group.addoption(
+        "--load-seconds",
+        type=float,
+        default=180.0,
+        help="how long the producers of the sustained-load test publish (default: 180)",
+    )
+    group.addoption(
+        "--soak-hours",
+        type=float,
+        default=None,
+        help="how long the soak test runs (default: 10 minutes, as in CI)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def hermetic_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Git sees no inherited GIT_* variable, no system or user config, and a fixed identity.

@@ -15,16 +15,30 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from unittest import mock
 
 import yaml
-from util import GITMQ, Result, gitmq, kill_all, lines_of, run, start
+from util import (
+    GITMQ,
+    TESTS_DIR,
+    WORKERS,
+    Result,
+    gitmq,
+    kill_all,
+    lines_of,
+    run,
+    start,
+    wait_for,
+)
 
 from gitmq import Message
+from gitmq.storage import packing
 
 # The handler: the first line of the payload and the message id, appended in one write.
 _RECORD = 'IFS= read -r payload; printf "%s %s\\n" "$GITMQ_ID" "$payload" >> "$0"'
@@ -313,3 +327,130 @@ def git_children(pid: int, command: str) -> list[int]:
         if mine and argv[:1] == [b"git"] and command.encode() in argv:
             found.append(int(entry.name))
     return found
+
+
+# ------------------------------------------------------------------ load and soak
+
+
+def start_recording(node: TestNode, *args: str) -> subprocess.Popen[bytes]:
+    """Start a node made with ``python_handler``: its one consumer runs :func:`record`
+    into its ``CONSUMER.log`` (the node process gets $GITMQ_TEST_RECORD and PYTHONPATH)."""
+    (consumer,) = node.consumers
+    env = {"GITMQ_TEST_RECORD": str(node.consumer_log(consumer)), "PYTHONPATH": str(TESTS_DIR)}
+    with mock.patch.dict(os.environ, env):
+        return node.start(*args)
+
+
+def wait_synced(node: TestNode) -> None:
+    """The node's first sync cycle has run (it was started with ``--log-format json``)."""
+    assert node.proc is not None
+    wait_for(lambda: node.sync_records(), what=f"{node.name}'s first sync", procs=[node.proc])
+
+
+@dataclass(frozen=True)
+class Paced:
+    """A producer process publishing ``TAG:i`` into a node's storage at a steady rate
+    (``workers.py pace``), recording each acknowledged publish."""
+
+    tag: str
+    rate: float
+    acks: Path
+    proc: subprocess.Popen[bytes]
+
+    def acked(self) -> list[tuple[str, str]]:
+        """``(id, payload)`` of every publish that returned, in publish order."""
+        return [(mid, payload) for mid, payload in (ln.split(" ", 1) for ln in lines_of(self.acks))]
+
+    def summary(self) -> dict[str, float]:
+        """What the producer wrote when it finished: count, start, end, seconds, max_late."""
+        done = self.acks.with_name(self.acks.name + ".done")
+        data: dict[str, float] = json.loads(done.read_text())
+        return data
+
+
+def start_paced(node: TestNode, tag: str, rate: float, seconds: float, go: Path) -> Paced:
+    """Start a producer of ``orders`` on ``node`` that waits for the file ``go``."""
+    acks = node.dir / f"{tag}.acks"
+    argv = [sys.executable, WORKERS, "pace", node.storage, "orders", tag, str(rate), str(seconds)]
+    return Paced(tag, rate, acks, start([*argv, acks, go]))
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (``du``: st_blocks * 512)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # a repack removed it meanwhile
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def unreachable_commits(repo: Path) -> int:
+    """How many commits in ``repo`` no ref reaches (``git fsck --unreachable --no-reflogs``),
+    once no repack runs there."""
+    wait_packed(repo)
+    result = run(
+        ["git", f"--git-dir={repo}", "fsck", "--unreachable", "--no-reflogs", "--no-progress"],
+        timeout=600,
+    )
+    assert result.status == 0, str(result)
+    return sum(line.startswith("unreachable commit ") for line in result.out.splitlines())
+
+
+def child_pids(pid: int) -> list[int]:
+    """Every process whose parent is ``pid``, zombies included (children never waited for)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """What a running process holds, from /proc."""
+
+    rss: int  # bytes resident (VmRSS)
+    fds: int  # open file descriptors
+    children: int  # direct child processes, zombies included
+
+
+def sample_process(pid: int) -> ProcessSample:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return ProcessSample(rss, fds, len(child_pids(pid)))
+
+
+def table(rows: Sequence[Sequence[object]]) -> str:
+    """Rows (the first one the header) as text columns, for a human reading a run's output."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
+def parametrize_duration(metafunc: Any, argname: str, seconds: float, margin: float) -> None:
+    """From ``pytest_generate_tests``: pass ``seconds`` (from a command-line option) as
+    the test's ``argname``, with a pytest-timeout of ``seconds + margin`` and the
+    duration in the test id. pytest is imported here, not above: node processes import
+    this module for :func:`record`."""
+    import pytest
+
+    if argname in metafunc.fixturenames:
+        limit = pytest.mark.timeout(seconds + margin)
+        metafunc.parametrize(argname, [pytest.param(seconds, marks=limit, id=f"{seconds:g}s")])
+
+
+def wait_packed(repo: Path, timeout: float = 300.0) -> None:
+    """Wait until no background repack runs in ``repo`` (a producer's ``Storage.close``
+    starts one that outlives it); git fsck beside a repack sees packs vanish."""
+    lock = repo / packing.LOCK_NAME
+    wait_for(lambda: not lock.exists(), timeout, f"the repack in {repo} to finish", interval=0.1)
