@@ -32,7 +32,10 @@ PER_NODE = 3
 def show(message: Message) -> None:
     """The demo consumers' handler: print what arrived, from whom."""
     node = os.environ.get("GITMQ_DEMO_NODE", "?")
-    print(f"  [node-{node}] received {message.text!r} from {message.author.name}", flush=True)
+    # One write of the whole line: three nodes share the terminal, and print() writes
+    # the text and its newline apart when the stream is unbuffered (lines interleave).
+    sys.stdout.write(f"  [node-{node}] received {message.text!r} from {message.author.name}\n")
+    sys.stdout.flush()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,6 +11,15 @@ sync. ``replay_snapshot`` replays what the branch holds now, outside the
 branch lock; ``replay_since`` runs under the lock and replays only what was
 appended since, which is what a producer publishes in the time the snapshot
 took: producers wait milliseconds and sync always wins.
+
+A large backlog (a node back from an outage, or one that lost many races) is
+pushed in chunks of at most ``CHUNK`` messages, so that no push, and no
+attempt between a fetch and its push, grows with the backlog: a long attempt
+loses every race against nodes with short ones, and loses more the more it
+waits. While chunks go out the local branch keeps its old fork point; the
+``Outbox`` records how far it got. The last chunk rewrites the branch. The
+chunk shrinks while pushes are rejected (``ReplayState``): the attempt that re-parents
+less ends sooner and wins sooner.
 """
 
 from __future__ import annotations
@@ -26,6 +35,43 @@ from gitmq.storage import Storage
 #: The most commits ``replay_since`` walks back looking for the snapshot's tip; past
 #: this (or if it is not there: the branch was rewritten) it replays the branch whole.
 WALK_LIMIT = 100_000
+#: The most messages one push carries.
+CHUNK = 1000
+#: The fewest it carries after rejections in a row (when that many wait).
+MIN_CHUNK = 50
+
+
+#: The most ids ``ReplayState`` remembers (about 150 bytes each).
+ID_MEMORY = 200_000
+
+
+@dataclass
+class ReplayState:
+    """What replaying onto one remote keeps from attempt to attempt.
+
+    ``chunk``: how many messages the next push may carry, halved by each rejected
+    push and doubled by each that lands, within ``MIN_CHUNK`` and ``CHUNK``.
+    ``ids``: the ids of confirmed commits already read (commits never change), so a
+    node that keeps losing races reads only what it fetched since, not everything
+    since its fork point, which grows with each race it loses."""
+
+    chunk: int = CHUNK
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def lost(self) -> None:
+        self.chunk = max(MIN_CHUNK, self.chunk // 2)
+
+    def won(self) -> None:
+        self.chunk = min(CHUNK, self.chunk * 2)
+
+    def landed(self, storage: Storage, shas: list[str]) -> set[str]:
+        """The ids of the commits ``shas``."""
+        missing = [sha for sha in shas if sha not in self.ids]
+        if len(self.ids) + len(missing) > ID_MEMORY:
+            self.ids.clear()
+        for sha, body in zip(missing, storage.read_bodies(missing), strict=True):
+            self.ids[sha] = fmt.stable_id(body)
+        return {self.ids[sha] for sha in shas}
 
 
 @dataclass
@@ -40,6 +86,8 @@ class Replay:
     written: list[str] = field(default_factory=list)  # the copies
     copied: int = 0
     dropped: int = 0
+    last: str | None = None  # the last original replayed or dropped
+    complete: bool = True  # False: a chunk, more to come
 
     def extend(
         self, shas: list[str], bodies: list[bytes], committer: Identity, now: datetime
@@ -48,7 +96,8 @@ class Replay:
         the copies to write."""
         self.replaced.update(shas)
         out: list[bytes] = []
-        for body in bodies:
+        for sha, body in zip(shas, bodies, strict=True):
+            self.last = sha
             if fmt.control_of(body) == OPEN:
                 continue  # a segment's root stays a root; the remote has its own
             if fmt.stable_id(body) in self.landed:
@@ -61,18 +110,73 @@ class Replay:
         return out
 
 
+class Outbox:
+    """How far a chunked push of one branch's backlog got: the last original message
+    whose copy landed (on the local branch) and that copy (on the confirmed one)."""
+
+    def __init__(self, storage: Storage, remote: str, branch: str) -> None:
+        self.storage = storage
+        self.sent_ref = f"refs/gitmq/outbox/{remote}/sent/{branch}"
+        self.copy_ref = f"refs/gitmq/outbox/{remote}/copy/{branch}"
+
+    def resume(self, theirs: list[str], ours: list[str]) -> tuple[int, int]:
+        """Where the next chunk starts among ``ours`` (the local commits since the fork)
+        and where ids that landed may start among ``theirs`` (the remote's): (0, 0)
+        unless the record still fits both."""
+        sent = self.storage.read_ref(self.sent_ref)
+        copy = self.storage.read_ref(self.copy_ref)
+        if sent is None or copy is None or sent not in ours or copy not in theirs:
+            return 0, 0
+        return ours.index(sent) + 1, theirs.index(copy) + 1
+
+    def advance(self, sent: str, copy: str) -> None:
+        for ref, value in ((self.sent_ref, sent), (self.copy_ref, copy)):
+            self.storage.compare_and_swap(ref, value, self.storage.read_ref(ref))
+
+    def clear(self) -> None:
+        for ref in (self.sent_ref, self.copy_ref):
+            value = self.storage.read_ref(ref)
+            if value is not None:
+                self.storage.delete_ref(ref, value)
+
+
 def replay_snapshot(
-    storage: Storage, local: str | None, confirmed: str, committer: Identity, now: datetime
+    storage: Storage,
+    local: str | None,
+    confirmed: str,
+    committer: Identity,
+    now: datetime,
+    *,
+    split: tuple[list[str], list[str]] | None = None,
+    outbox: Outbox | None = None,
+    limit: int | None = None,
+    state: ReplayState | None = None,
 ) -> Replay:
     """Replay the local branch (at ``local``) onto ``confirmed``; writes the copies.
-    Call it inside ``storage.writing()`` up to the branch update."""
-    if local is None or storage.is_ancestor(local, confirmed):
+    Call it inside ``storage.writing()`` up to the ref update that names them.
+
+    ``split`` is ``storage.divergence(confirmed, local)`` if the caller has it. With
+    ``limit``, at most that many messages are replayed (``complete`` False when more
+    are left); ``outbox`` says where earlier chunks got to; ``state`` remembers
+    the ids of confirmed commits."""
+    if local is None:
+        return Replay(local, confirmed, confirmed)
+    theirs, ours = split or storage.divergence(confirmed, local)
+    if not ours:
         return Replay(local, confirmed, confirmed)  # nothing unpushed: a fast-forward
-    base = storage.merge_base(local, confirmed)
-    landed = {fmt.stable_id(storage.read_body(s)) for s in storage.commits_between(base, confirmed)}
+    start, since = outbox.resume(theirs, ours) if outbox else (0, 0)
+    landed = (state or ReplayState()).landed(storage, theirs[since:])
     replay = Replay(local, confirmed, confirmed, landed)
-    shas = storage.commits_between(base, local)
-    storage.write_commits(replay.extend(shas, [storage.read_body(s) for s in shas], committer, now))
+    todo = ours[start:]
+    chunk = limit is not None and len(todo) > limit
+    if chunk:
+        todo = todo[:limit]
+    storage.write_commits(replay.extend(todo, storage.read_bodies(todo), committer, now))
+    if chunk:  # the originals stay on the branch until the last chunk rewrites it
+        replay.complete = False
+        replay.replaced.clear()
+    else:  # the branch is rewritten: the originals sent in earlier chunks go too
+        replay.replaced.update(ours[:start])
     return replay
 
 

@@ -1,14 +1,18 @@
 """The node's timetable as APScheduler jobs.
 
 A sync per remote every ``sync.interval`` (plus up to ``sync.jitter``), the
-first one at once; a fetch-only listen per remote every ``sync.poll`` when
-set; a prune per queue with a policy, by interval or cron. Every job runs one
-at a time and missed runs are coalesced. The scheduler only schedules: each
-job body is a plain method of the node that runs once when called.
+first one at once; after a cycle that lost a race and then pushed, the next
+ones keep the phase of the attempt that won (nodes started together find
+turns instead of colliding every interval: reservation, as in R-ALOHA); a
+fetch-only listen per remote every ``sync.poll`` when set; a prune per queue
+with a policy, by interval or cron. Every job runs one at a time and missed
+runs are coalesced. The scheduler only schedules: each job body is a plain
+method of the node that runs once when called.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -18,12 +22,37 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from gitmq.config import NodeConfig
+from gitmq.sync import SyncReport
 
 Job = Callable[[str], Any]
 
 
+class PhaseKeeping(IntervalTrigger):  # type: ignore[misc]
+    """Every ``seconds`` (plus up to ``jitter``), on the grid of the last ``anchor`` once
+    one is set. The job sets it from its own thread (a plain attribute: calling the
+    scheduler from a job deadlocks against ``shutdown``, which holds the job store
+    lock while it waits for running jobs); it takes effect from the next run on."""
+
+    def __init__(self, seconds: float, jitter: float | None) -> None:
+        super().__init__(seconds=seconds, jitter=jitter or None)
+        self.anchor: datetime | None = None
+
+    def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
+        anchor, self.anchor = self.anchor, None
+        if anchor is None:
+            fire: datetime | None = super().get_next_fire_time(previous, now)
+            return fire
+        periods = max(1, math.ceil((now - anchor) / self.interval))
+        fire = self._apply_jitter(anchor + periods * self.interval, self.jitter, now)
+        return fire
+
+
 def scheduler_for(
-    config: NodeConfig, remotes: Iterable[str], sync: Job, listen: Job, prune: Job
+    config: NodeConfig,
+    remotes: Iterable[str],
+    sync: Callable[[str], SyncReport],
+    listen: Job,
+    prune: Job,
 ) -> BackgroundScheduler:
     """A scheduler (not started) with every job of the node described by ``config``."""
     scheduler = BackgroundScheduler(timezone=UTC)
@@ -40,9 +69,16 @@ def scheduler_for(
             **extra,
         )
 
-    interval = IntervalTrigger(seconds=config.sync.interval, jitter=config.sync.jitter or None)
-    for name in remotes:
-        add(sync, interval, name, f"sync-{name}", next_run_time=datetime.now(UTC))
+    triggers = {name: PhaseKeeping(config.sync.interval, config.sync.jitter) for name in remotes}
+
+    def sync_keeping_phase(name: str) -> SyncReport:
+        report = sync(name)
+        if report.won_at is not None:
+            triggers[name].anchor = report.won_at  # a plain write: no scheduler lock
+        return report
+
+    for name, phase in triggers.items():
+        add(sync_keeping_phase, phase, name, f"sync-{name}", next_run_time=datetime.now(UTC))
         if config.sync.poll:
             add(listen, IntervalTrigger(seconds=config.sync.poll), name, f"listen-{name}")
     for queue in config.queues.values():

@@ -28,7 +28,7 @@ from gitmq.errors import GitMQError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
-from gitmq.replay import Replay, replay_since, replay_snapshot
+from gitmq.replay import Outbox, Replay, ReplayState, replay_since, replay_snapshot
 from gitmq.segments import QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
@@ -55,6 +55,8 @@ class SyncTarget:
     credentials: Credentials = field(default_factory=Credentials)
     max_attempts: int = 5
     rotations: Mapping[str, RotationPolicy] = field(default_factory=dict, hash=False)
+    #: The one mutable part, kept from cycle to cycle (chunk size, ids read).
+    state: ReplayState = field(default_factory=ReplayState, compare=False, hash=False)
 
 
 @dataclass
@@ -77,6 +79,9 @@ class SyncReport:
     conflicts: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    #: When the attempt whose push landed began (wall clock), after a rejection: the
+    #: node keeps that phase for its next cycles (``schedule.py``).
+    won_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,6 +113,8 @@ class _Cycle:
             for q, p in target.rotations.items()
         }
         self.deleting: list[tuple[rotation.Rotating, str, set[str]]] = []
+        self.chunks: list[tuple[Outbox, Replay]] = []  # pushed before their branch moves
+        self.more = False  # a chunk went out and more of the backlog waits
         self.offsets = OffsetSync(
             storage, target.remote, target.consumers, self.before, self.is_confirmed
         )
@@ -122,32 +129,34 @@ class _Cycle:
         return out
 
     def run(self, listen_only: bool = False) -> None:
+        landed = False
         try:
-            self._run(listen_only)
+            landed = self._run(listen_only)
         finally:
+            if not landed:  # chunk copies that did not land: nothing will name them
+                self.replaced.update(c for _, chunk in self.chunks for c in chunk.written)
             self.report.orphans_removed += self.storage.discard(self.replaced)
 
-    def _run(self, listen_only: bool) -> None:
+    def _run(self, listen_only: bool) -> bool:
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
         gone = self.fetch_changed(remote_refs, self.branches(remote_refs))
         if listen_only:
-            return
+            return False
         for rot in self.rotating.values():
             self.report.moved_to_next_segment += rotation.settle(self.storage, rot, self.now())
         for rot, branch, history in gone:
             rotation.forget(self.storage, rot, branch, history, self.now())
-        for branch in self.branches(remote_refs):
-            self.integrate(branch)
-        self.offsets.plan(self.tags)
-        self.report.conflicts += self.tags.conflicts
-        self.plan_deletions(remote_refs)
-        updates = self.updates + self.tags.updates
-        if not updates:
-            self.offsets.landed(self.tags)  # resets already in place: drop their records
-            return
-        push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
-        for ref, new, old in self.confirm:
-            self.storage.compare_and_swap(ref, new, old)
+        with self.storage.writing():  # copies stay until a ref names them (after the push)
+            updates = self.plan(remote_refs)
+            if not updates:
+                self.offsets.landed(self.tags)  # resets already in place: drop their records
+                return False
+            push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
+            for ref, new, old in self.confirm:
+                self.storage.compare_and_swap(ref, new, old)
+            for outbox, chunk in self.chunks:
+                assert chunk.last is not None
+                outbox.advance(chunk.last, chunk.tip)
         self.offsets.landed(self.tags)
         for rot, branch, history in self.deleting:
             rotation.forget(self.storage, rot, branch, history, self.now())
@@ -155,6 +164,16 @@ class _Cycle:
         self.report.pushes += 1
         self.report.pushed_messages += self.message_count
         self.report.pushed_tags += sum(u.ref.startswith("refs/tags/") for u in updates)
+        return True
+
+    def plan(self, remote_refs: dict[str, str]) -> list[RefUpdate]:
+        """Steps 2 and 3: integrate every branch, reconcile the tags, list the updates."""
+        for branch in self.branches(remote_refs):
+            self.integrate(branch)
+        self.offsets.plan(self.tags)
+        self.report.conflicts += self.tags.conflicts
+        self.plan_deletions(remote_refs)
+        return self.updates + self.tags.updates
 
     def unpushed(self) -> int:
         """Local messages the remote does not have yet (a ref read per branch when
@@ -163,8 +182,11 @@ class _Cycle:
         for branch in self.branches({}):
             local = self.storage.read_ref(f"refs/heads/{branch}")
             confirmed = self.storage.read_ref(tracking_ref(self.target.remote, branch))
-            if local is not None and local != confirmed:
-                total += self.storage.count(confirmed, local)
+            if local is None or local == confirmed:
+                continue
+            theirs, ours = self.storage.divergence(confirmed, local)
+            sent, _ = Outbox(self.storage, self.target.remote, branch).resume(theirs, ours)
+            total += len(ours) - sent
         return total
 
     # step 1 -----------------------------------------------------------------
@@ -245,43 +267,95 @@ class _Cycle:
 
     # step 2 -----------------------------------------------------------------
     def integrate(self, queue: str) -> None:
-        """Bring the local branch onto the confirmed one; plan the push of what is left."""
+        """Bring the local branch onto the confirmed one; plan the push of what is left
+        (at most a chunk of it: ``target.state``)."""
         storage = self.storage
         local_ref = f"refs/heads/{queue}"
         local = storage.read_ref(local_ref)
         confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
         if local == confirmed:
             return
-        if confirmed is None or (local is not None and storage.is_ancestor(confirmed, local)):
-            assert local is not None
-            self.plan_push(queue, local, confirmed)
+        split = storage.divergence(confirmed, local) if local else None
+        if confirmed is None or (split is not None and not split[0]):
+            assert split is not None  # a fast-forward: push (the first chunk of) ours
+            count = min(len(split[1]), self.target.state.chunk)
+            self.plan_push(queue, self.chunk_end(split[1]), confirmed, count)
             return
-        with storage.writing():  # the copies stay until the branch names them
-            snapshot = self.reparent(local, confirmed)
-            tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
-        self.replaced |= snapshot.replaced
-        self.report.reparented += snapshot.copied
+        outbox = Outbox(storage, self.target.remote, queue)
+        snapshot = self.reparent(local, confirmed, split, outbox, self.segment_owner(queue) is None)
         self.report.duplicates_dropped += snapshot.dropped
+        if snapshot.complete:
+            tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
+            self.replaced |= snapshot.replaced
+            outbox.clear()
+        elif snapshot.tip == confirmed:  # the whole chunk had landed already: skip it
+            assert snapshot.last is not None
+            outbox.advance(snapshot.last, confirmed)
+            tip = confirmed
+        else:  # a chunk: the branch stays as it is until the last one
+            tip = snapshot.tip
+            self.chunks.append((outbox, snapshot))
+        self.report.reparented += snapshot.copied
         if tip is not None and tip != confirmed:
-            self.plan_push(queue, tip, confirmed)
+            self.plan_push(queue, tip, confirmed, snapshot.copied)
 
-    def reparent(self, local: str | None, confirmed: str) -> Replay:
+    def chunk_end(self, ours: list[str]) -> str:
+        """The end of the first chunk of our unpushed messages."""
+        if len(ours) <= self.target.state.chunk:
+            return ours[-1]
+        self.more = True
+        return ours[self.target.state.chunk - 1]
+
+    def reparent(
+        self,
+        local: str | None,
+        confirmed: str,
+        split: tuple[list[str], list[str]] | None,
+        outbox: Outbox,
+        chunked: bool,
+    ) -> Replay:
         """Replay the unpushed messages onto ``confirmed``, outside the branch lock (a
-        fast-forward when there are none)."""
-        return replay_snapshot(self.storage, local, confirmed, self.target.committer, self.now())
+        fast-forward when there are none); a chunk of them when there are many."""
+        snapshot = replay_snapshot(
+            self.storage,
+            local,
+            confirmed,
+            self.target.committer,
+            self.now(),
+            split=split,
+            outbox=outbox,
+            limit=self.target.state.chunk if chunked else None,
+            state=self.target.state,
+        )
+        self.more |= not snapshot.complete
+        return snapshot
 
     def finish(self, snapshot: Replay, current: str | None) -> tuple[list[bytes], str | None]:
         """Under the branch lock: replay what producers appended since the snapshot."""
         return replay_since(self.storage, snapshot, current, self.target.committer, self.now())
 
-    def plan_push(self, queue: str, local: str, confirmed: str | None) -> None:
+    def plan_push(self, queue: str, local: str, confirmed: str | None, count: int) -> None:
+        """Push ``local`` (``count`` messages past ``confirmed``) to ``queue``."""
         if self.segment_owner(queue) is not None:
-            local = rotation.push_limit(self.storage, local, confirmed)
-            if local == confirmed:
+            limit = rotation.push_limit(self.storage, local, confirmed)
+            if limit == confirmed:
                 return
+            if limit != local:
+                local, count = limit, self.storage.count(confirmed, limit)
         self.updates.append(RefUpdate(local, f"refs/heads/{queue}"))
         self.confirm.append((tracking_ref(self.target.remote, queue), local, confirmed))
-        self.message_count += self.storage.count(confirmed, local)
+        self.message_count += count
+
+
+def backoff(attempt: int, slot: float) -> float:
+    """Seconds to wait after the ``attempt``-th rejected push in a row, ``slot`` the time
+    that attempt took. A rejection means another node's push has just landed, and that
+    node will not push again for an interval: the way is clear for whoever goes first.
+    So wait a random part of one slot (nodes rejected together spread out), shorter
+    with each rejection in a row, so that the node that has waited longest goes first.
+    (Doubling the wait, as Ethernet does, starves the node that lost most: measured,
+    nodes went 15-45 s without a push at 1 s intervals.)"""
+    return random.uniform(0.0, min(slot, 1.0)) / attempt
 
 
 def sync_once(
@@ -303,22 +377,32 @@ def sync_once(
         storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
         for attempt in range(1, target.max_attempts + 1):
+            cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
+            began, wall = time.monotonic(), datetime.now(UTC)
             try:
-                _Cycle(storage, target, report, clock).run(listen_only)
-                break
+                cycle.run(listen_only)
             except PushRejected as exc:
                 report.rejections += 1
+                target.state.lost()
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
                 if attempt < target.max_attempts:
-                    sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+                    sleep(backoff(attempt, time.monotonic() - began))
+                continue
             except GitMQError as exc:  # the remote, or a local git failure: report it
                 report.error = exc.message
                 break
+            if report.pushes > pushes:
+                target.state.won()
+            if report.rejections and pushes == 0 < report.pushes:
+                report.won_at = wall
+            if not cycle.more:  # else the next chunk of a large backlog, at once
+                break
         else:
-            report.error = (
-                f"push rejected {report.rejections} times (other nodes kept pushing first); "
-                f"will try again next cycle"
-            )
+            if report.pushes == 0 and report.rejections:
+                report.error = (
+                    f"push rejected {report.rejections} times (other nodes kept pushing "
+                    f"first); will try again next cycle"
+                )
         if not listen_only:
             with contextlib.suppress(GitMQError):  # a count is only for the report
                 report.unpushed = _Cycle(storage, target, report, clock).unpushed()

@@ -84,7 +84,7 @@ def collect(
     with guard.collecting():
         rescued = _reached_since(git_dir, tips(), snap.tips & snap.reached) & doomed
         if rescued:
-            _pack_objects(git_dir, sorted(rescued & _packed(rewritten)))
+            pack_objects(git_dir, sorted(rescued & _packed(rewritten)))
             doomed -= rescued
         for idx in rewritten:
             unlink_pack(idx)
@@ -181,11 +181,11 @@ def _rewrite_packs(
         return {}
     keep = sorted({n for names in hit.values() for n in names if n not in doomed})
     progress(f"rewriting {len(hit)} of {len(packs)} packs to keep {len(keep)} objects")
-    new = _pack_objects(git_dir, keep)
+    new = pack_objects(git_dir, keep)
     return {idx: names for idx, names in hit.items() if idx.stem != new}
 
 
-def _pack_objects(git_dir: Path, names: list[str]) -> str | None:
+def pack_objects(git_dir: Path, names: list[str]) -> str | None:
     """Write ``names`` (present in the object store) into one new pack; its stem."""
     if not names:
         return None
@@ -199,13 +199,13 @@ def _pack_objects(git_dir: Path, names: list[str]) -> str | None:
     return f"pack-{out.stdout.decode().strip()}"
 
 
-def delete_loose(git_dir: Path, doomed: set[str]) -> int:
-    """Unlink the loose objects in ``doomed``; returns how many were there (listing
+def delete_loose(git_dir: Path, doomed: set[str]) -> set[str]:
+    """Unlink the loose objects in ``doomed``; returns those that were there (listing
     the few loose files is much cheaper than trying every doomed name, most of which
     are packed)."""
     with os.scandir(git_dir / "objects") as top:
         fanouts = [d.path for d in top if len(d.name) == 2 and d.is_dir()]
-    removed = 0
+    removed = set()
     for fanout in fanouts:
         prefix, names = os.path.basename(fanout), []
         with contextlib.suppress(FileNotFoundError):  # git prune-packed removes empty ones
@@ -214,7 +214,7 @@ def delete_loose(git_dir: Path, doomed: set[str]) -> int:
             if prefix + name in doomed:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(fanout, name))
-                    removed += 1
+                    removed.add(prefix + name)
     return removed
 
 

@@ -4,10 +4,14 @@ Sync re-parents a node's unpushed messages each time another node pushed
 first; the copies from before are unreachable from then on. Left to the
 prune's orphan sweep they would pile up between prunes (and for good on a
 node without a prune policy), so the writer that replaced them hands them
-here: their loose objects are unlinked and a pack made only of them (a
-batch, re-parented whole) goes, under the reachability guard and the repack
-lock. If a prune or repack holds that lock the copies wait for the next call
-(or for the sweep): this never waits.
+here: their loose objects are unlinked, a pack made only of them (a batch,
+re-parented whole) goes, and a pack where they sit among live objects (the
+background repack folds the unpushed messages of a busy node into its packs
+before they are replaced) is written again without them once they are a fair
+share of it; all under the reachability guard and the repack lock. Copies in
+a large pack wait, remembered, until they are such a share (or for the
+prune's sweep); if a prune or repack holds the lock they wait for the next
+call: this never waits.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ from gitmq.storage.guard import ReachabilityGuard
 MAX_PENDING = 200_000
 #: Longest a discard waits for writers to step out of the guard (seconds).
 WAIT = 1.0
+#: A pack is written again without the copies once they are this share of it, or
+#: at once when it holds at most SMALL_PACK objects: the copies left on disk stay a
+#: bounded share of the store, and a large pack is not rewritten for a few of them.
+REWRITE_SHARE = 0.25
+SMALL_PACK = 10_000
+#: Packs larger than this are left to the prune's sweep (reading their index costs).
+LARGE_PACK = 500_000
 
 
 class Orphans:
@@ -47,34 +58,40 @@ class Orphans:
             try:
                 with self.guard.collecting(timeout=WAIT):
                     doomed = self.pending - self.tips()
-                    removed = collect.delete_loose(self.git_dir, doomed)
-                    removed += self._whole_packs(doomed)
+                    loose = collect.delete_loose(self.git_dir, doomed)
+                    packed, left = self._packed(doomed - loose) if doomed - loose else (0, set())
             except StorageError:  # a long fetch holds the guard: next time
                 return 0
-        self.pending.clear()
-        return removed
+        self.pending = left
+        return len(loose) + packed
 
-    def _whole_packs(self, doomed: set[str]) -> int:
-        """Unlink the packs every object of which is doomed."""
+    def _packed(self, doomed: set[str]) -> tuple[int, set[str]]:
+        """Unlink the packs every object of which is doomed and write again those where
+        the doomed are a fair share; returns how many went and the doomed left."""
         pack_dir = self.git_dir / "objects" / "pack"
         try:
             names = os.listdir(pack_dir)
         except FileNotFoundError:
-            return 0
-        removed = 0
+            return 0, set()
+        removed, left = 0, set()
         for name in names:
-            if not name.endswith(".idx"):
-                continue
             idx = pack_dir / name
-            if idx.with_suffix(".keep").exists():
+            if not name.endswith(".idx") or idx.with_suffix(".keep").exists():
                 continue
             try:
-                if not 0 < collect.pack_count(idx) <= len(doomed):
+                if not 0 < collect.pack_count(idx) <= LARGE_PACK:
                     continue
                 objects = collect.pack_names(idx)
             except (OSError, StorageError):
                 continue
-            if all(sha in doomed for sha in objects):
-                collect.unlink_pack(idx)
-                removed += len(objects)
-        return removed
+            hit = [sha for sha in objects if sha in doomed]
+            if not hit:
+                continue
+            if len(hit) < len(objects):
+                if len(objects) > SMALL_PACK and len(hit) < REWRITE_SHARE * len(objects):
+                    left.update(hit)
+                    continue
+                collect.pack_objects(self.git_dir, [s for s in objects if s not in doomed])
+            collect.unlink_pack(idx)
+            removed += len(hit)
+        return removed, left

@@ -16,14 +16,18 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import git
 
 from gitmq.errors import NotFoundError, StorageError
+from gitmq.storage import gitcli
 
 #: How often (seconds) a busy reader looks for deleted packs.
 CHECK_EVERY = 1.0
+#: From this many commits on, ``read_bodies`` reads them in one batch process.
+BATCH_MIN = 200
 
 
 class ObjectReader:
@@ -58,6 +62,29 @@ class ObjectReader:
         if kind != b"commit":
             raise StorageError(f"object {sha} in {self._shown} is a {kind.decode()}, not a message")
         return data
+
+    def read_bodies(self, shas: Sequence[str]) -> list[bytes]:
+        """The raw bodies of many commits: one ``git cat-file --batch`` for the lot (a few
+        microseconds each, against tens for a look-up each) once there are enough."""
+        if len(shas) < BATCH_MIN:
+            return [self.read_body(sha) for sha in shas]
+        out = gitcli.run(
+            self._git_dir, ["cat-file", "--batch"], input="\n".join(shas).encode() + b"\n"
+        ).stdout
+        bodies, pos = [], 0
+        for sha in shas:
+            end = out.index(b"\n", pos)
+            header = out[pos:end].split()
+            if len(header) != 3:
+                raise NotFoundError(f"object {sha} is missing from {self._shown}")
+            if header[1] != b"commit":
+                raise StorageError(
+                    f"object {sha} in {self._shown} is a {header[1].decode()}, not a message"
+                )
+            size = int(header[2])
+            bodies.append(out[end + 1 : end + 1 + size])
+            pos = end + 2 + size
+        return bodies
 
     def check(self) -> None:
         """Restart the batch process if packs changed (rate-limited): for readers that

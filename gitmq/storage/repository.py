@@ -287,6 +287,10 @@ class Storage:
         """The raw body of commit ``sha``."""
         return self._reader.read_body(sha)
 
+    def read_bodies(self, shas: Sequence[str]) -> list[bytes]:
+        """The raw bodies of many commits, in the order given (one batch for many)."""
+        return self._reader.read_bodies(shas)
+
     def release_deleted_packs(self) -> None:
         """Let go of packs deleted since (a repack by another process): cheap, and at
         most one look at the pack directory a second. Long-lived idle readers call it."""
@@ -300,6 +304,33 @@ class Storage:
         spec = [f"^{since}", until] if since else [until]
         out = gitcli.run(self.git_dir, ["rev-list", "--first-parent", "--reverse", *spec])
         return out.stdout.decode("ascii").split()
+
+    def divergence(self, a: str | None, b: str | None) -> tuple[list[str], list[str]]:
+        """The commits only on ``a``'s first-parent chain and those only on ``b``'s, each
+        oldest first, from one ``rev-list`` (sync asks this once per branch per attempt:
+        what the remote has that we lack, and what we have that it lacks)."""
+        if a is None or b is None:
+            return (self.commits_between(None, a) if a else []), (
+                self.commits_between(None, b) if b else []
+            )
+        if a == b:
+            return [], []
+        out = gitcli.run(
+            self.git_dir,
+            [
+                "rev-list",
+                "--left-right",
+                "--first-parent",
+                "--topo-order",
+                "--reverse",
+                f"{a}...{b}",
+            ],
+        )
+        left: list[str] = []
+        right: list[str] = []
+        for line in out.stdout.decode("ascii").split():
+            (left if line[0] == "<" else right).append(line[1:])
+        return left, right
 
     def messages_between(self, since: str | None, until: str) -> Iterator[Message]:
         """The messages after ``since`` up to ``until``, oldest first, read lazily."""
