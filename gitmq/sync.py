@@ -97,6 +97,65 @@ class SyncReport:
         )
 
 
+class _Queues:
+    """The queues one target syncs, as branches: segments of rotating queues, and
+    their order and confirmed history (what consumer tags are checked against)."""
+
+    def __init__(self, storage: Storage, target: SyncTarget) -> None:
+        self.storage, self.target = storage, target
+        self.rotating = {
+            q: rotation.Rotating(q, p, target.remote, target.committer)
+            for q, p in target.rotations.items()
+        }
+
+    def branches(self, remote_refs: dict[str, str]) -> list[str]:
+        """The branches to sync: each queue, or each segment of a rotating queue."""
+        out: list[str] = []
+        for queue in self.target.queues:
+            rot = self.rotating.get(queue)
+            out += rotation.branches(self.storage, rot, remote_refs) if rot else [queue]
+        return out
+
+    def segment_owner(self, branch: str) -> rotation.Rotating | None:
+        """The rotating queue ``branch`` is a segment of (segment 0 included), if any."""
+        return next(
+            (r for q, r in self.rotating.items() if segment_number(q, branch) is not None), None
+        )
+
+    def before(self, a: str, b: str) -> bool:
+        """Whether consumer position ``a`` is at or before ``b`` in queue order
+        (across segments of a rotating queue)."""
+        if self.storage.is_ancestor(a, b):
+            return True
+        return any(
+            QueueSource(self.storage, rot.queue, rot.tracking_prefix).before(a, b)
+            for rot in self.rotating.values()
+        )
+
+    def is_confirmed(self, sha: str) -> bool:
+        """Whether ``sha`` is on the confirmed history of a queue (segment) synced here."""
+        prefix = f"refs/remotes/{self.target.remote}/"
+        for branch in self.branches({}):
+            tip = self.storage.read_ref(prefix + branch)
+            if tip is not None and self.storage.is_ancestor(sha, tip):
+                return True
+        return False
+
+    def unpushed(self) -> int:
+        """Local messages the remote does not have yet (a ref read per branch when
+        there are none)."""
+        total = 0
+        for branch in self.branches({}):
+            local = self.storage.read_ref(f"refs/heads/{branch}")
+            confirmed = self.storage.read_ref(tracking_ref(self.target.remote, branch))
+            if local is None or local == confirmed:
+                continue
+            theirs, ours = self.storage.divergence(confirmed, local)
+            sent, _ = Outbox(self.storage, self.target.remote, branch).resume(theirs, ours)
+            total += len(ours) - sent
+        return total
+
+
 class _Cycle:
     """The state of one attempt: the plan of what to push."""
 
@@ -108,25 +167,15 @@ class _Cycle:
         self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
         self.message_count = 0
         self.replaced: set[str] = set()  # copies the re-parenting made unreachable
-        self.rotating = {
-            q: rotation.Rotating(q, p, target.remote, target.committer)
-            for q, p in target.rotations.items()
-        }
+        self.queues = _Queues(storage, target)
+        self.rotating = self.queues.rotating
         self.deleting: list[tuple[rotation.Rotating, str, set[str]]] = []
         self.chunks: list[tuple[Outbox, Replay]] = []  # pushed before their branch moves
         self.more = False  # a chunk went out and more of the backlog waits
         self.offsets = OffsetSync(
-            storage, target.remote, target.consumers, self.before, self.is_confirmed
+            storage, target.remote, target.consumers, self.queues.before, self.queues.is_confirmed
         )
         self.tags = Plan()
-
-    def branches(self, remote_refs: dict[str, str]) -> list[str]:
-        """The branches to sync: each queue, or each segment of a rotating queue."""
-        out: list[str] = []
-        for queue in self.target.queues:
-            rot = self.rotating.get(queue)
-            out += rotation.branches(self.storage, rot, remote_refs) if rot else [queue]
-        return out
 
     def run(self, listen_only: bool = False) -> None:
         landed = False
@@ -139,7 +188,7 @@ class _Cycle:
 
     def _run(self, listen_only: bool) -> bool:
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
-        gone = self.fetch_changed(remote_refs, self.branches(remote_refs))
+        gone = self.fetch_changed(remote_refs, self.queues.branches(remote_refs))
         if listen_only:
             return False
         for rot in self.rotating.values():
@@ -168,26 +217,12 @@ class _Cycle:
 
     def plan(self, remote_refs: dict[str, str]) -> list[RefUpdate]:
         """Steps 2 and 3: integrate every branch, reconcile the tags, list the updates."""
-        for branch in self.branches(remote_refs):
+        for branch in self.queues.branches(remote_refs):
             self.integrate(branch)
         self.offsets.plan(self.tags)
         self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
         return self.updates + self.tags.updates
-
-    def unpushed(self) -> int:
-        """Local messages the remote does not have yet (a ref read per branch when
-        there are none)."""
-        total = 0
-        for branch in self.branches({}):
-            local = self.storage.read_ref(f"refs/heads/{branch}")
-            confirmed = self.storage.read_ref(tracking_ref(self.target.remote, branch))
-            if local is None or local == confirmed:
-                continue
-            theirs, ours = self.storage.divergence(confirmed, local)
-            sent, _ = Outbox(self.storage, self.target.remote, branch).resume(theirs, ours)
-            total += len(ours) - sent
-        return total
 
     # step 1 -----------------------------------------------------------------
     def fetch_changed(
@@ -205,7 +240,7 @@ class _Cycle:
                 specs.append(f"+{ref}:{fetched_ref(mine)}")
                 before[mine] = known
             elif theirs is None and known is not None:
-                rot = self.segment_owner(branch)
+                rot = self.queues.segment_owner(branch)
                 if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
         copies = {}
@@ -230,31 +265,6 @@ class _Cycle:
                 storage.delete_ref(fetched_ref(mine), tip)
                 self.report.fetched += storage.count(known, tip)
         return gone
-
-    def segment_owner(self, branch: str) -> rotation.Rotating | None:
-        """The rotating queue ``branch`` is a segment of (segment 0 included), if any."""
-        return next(
-            (r for q, r in self.rotating.items() if segment_number(q, branch) is not None), None
-        )
-
-    def before(self, a: str, b: str) -> bool:
-        """Whether consumer position ``a`` is at or before ``b`` in queue order
-        (across segments of a rotating queue)."""
-        if self.storage.is_ancestor(a, b):
-            return True
-        return any(
-            QueueSource(self.storage, rot.queue, rot.tracking_prefix).before(a, b)
-            for rot in self.rotating.values()
-        )
-
-    def is_confirmed(self, sha: str) -> bool:
-        """Whether ``sha`` is on the confirmed history of a queue (segment) synced here."""
-        prefix = f"refs/remotes/{self.target.remote}/"
-        for branch in self.branches({}):
-            tip = self.storage.read_ref(prefix + branch)
-            if tip is not None and self.storage.is_ancestor(sha, tip):
-                return True
-        return False
 
     def plan_deletions(self, remote_refs: dict[str, str]) -> None:
         """Delete expired segments on the remote (in the same atomic push)."""
@@ -281,8 +291,19 @@ class _Cycle:
             count = min(len(split[1]), self.target.state.chunk)
             self.plan_push(queue, self.chunk_end(split[1]), confirmed, count)
             return
-        outbox = Outbox(storage, self.target.remote, queue)
-        snapshot = self.reparent(local, confirmed, split, outbox, self.segment_owner(queue) is None)
+        outbox, state = Outbox(storage, self.target.remote, queue), self.target.state
+        snapshot = replay_snapshot(  # outside the branch lock; a chunk of a large backlog
+            storage,
+            local,
+            confirmed,
+            self.target.committer,
+            self.now(),
+            split=split,
+            outbox=outbox,
+            limit=state.chunk if self.queues.segment_owner(queue) is None else None,
+            state=state,
+        )
+        self.more |= not snapshot.complete
         self.report.duplicates_dropped += snapshot.dropped
         if snapshot.complete:
             tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
@@ -306,37 +327,13 @@ class _Cycle:
         self.more = True
         return ours[self.target.state.chunk - 1]
 
-    def reparent(
-        self,
-        local: str | None,
-        confirmed: str,
-        split: tuple[list[str], list[str]] | None,
-        outbox: Outbox,
-        chunked: bool,
-    ) -> Replay:
-        """Replay the unpushed messages onto ``confirmed``, outside the branch lock (a
-        fast-forward when there are none); a chunk of them when there are many."""
-        snapshot = replay_snapshot(
-            self.storage,
-            local,
-            confirmed,
-            self.target.committer,
-            self.now(),
-            split=split,
-            outbox=outbox,
-            limit=self.target.state.chunk if chunked else None,
-            state=self.target.state,
-        )
-        self.more |= not snapshot.complete
-        return snapshot
-
     def finish(self, snapshot: Replay, current: str | None) -> tuple[list[bytes], str | None]:
         """Under the branch lock: replay what producers appended since the snapshot."""
         return replay_since(self.storage, snapshot, current, self.target.committer, self.now())
 
     def plan_push(self, queue: str, local: str, confirmed: str | None, count: int) -> None:
         """Push ``local`` (``count`` messages past ``confirmed``) to ``queue``."""
-        if self.segment_owner(queue) is not None:
+        if self.queues.segment_owner(queue) is not None:
             limit = rotation.push_limit(self.storage, local, confirmed)
             if limit == confirmed:
                 return
@@ -376,6 +373,7 @@ def sync_once(
     for queue in target.queues:
         storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
+        streak = 0  # rejections in a row
         for attempt in range(1, target.max_attempts + 1):
             cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
             began, wall = time.monotonic(), datetime.now(UTC)
@@ -383,15 +381,17 @@ def sync_once(
                 cycle.run(listen_only)
             except PushRejected as exc:
                 report.rejections += 1
+                streak += 1
                 target.state.lost()
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
                 if attempt < target.max_attempts:
-                    sleep(backoff(attempt, time.monotonic() - began))
+                    sleep(backoff(streak, time.monotonic() - began))
                 continue
             except GitMQError as exc:  # the remote, or a local git failure: report it
                 report.error = exc.message
                 break
             if report.pushes > pushes:
+                streak = 0
                 target.state.won()
             if report.rejections and pushes == 0 < report.pushes:
                 report.won_at = wall
@@ -405,6 +405,6 @@ def sync_once(
                 )
         if not listen_only:
             with contextlib.suppress(GitMQError):  # a count is only for the report
-                report.unpushed = _Cycle(storage, target, report, clock).unpushed()
+                report.unpushed = _Queues(storage, target).unpushed()
     report.seconds = time.monotonic() - started
     return report

@@ -24,6 +24,7 @@ from typing import Any, Self
 from unittest import mock
 
 import yaml
+from servers import proc_table
 from util import (
     GITMQ,
     TESTS_DIR,
@@ -399,17 +400,7 @@ def unreachable_commits(repo: Path) -> int:
 
 def child_pids(pid: int) -> list[int]:
     """Every process whose parent is ``pid``, zombies included (children never waited for)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [proc.pid for proc in proc_table() if proc.ppid == pid]
 
 
 @dataclass(frozen=True)

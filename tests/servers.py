@@ -123,14 +123,15 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class _Proc:
+class Proc:
     pid: int
     ppid: int
     pgrp: int
     state: str
 
 
-def _proc_table() -> list[_Proc]:
+def proc_table() -> list[Proc]:
+    """Every process on the machine, from /proc/*/stat."""
     table = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -140,13 +141,13 @@ def _proc_table() -> list[_Proc]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        table.append(_Proc(int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
+        table.append(Proc(int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
     return table
 
 
 def _family(leader: int) -> set[int]:
     """Live processes in the leader's process group or descending from it, leader excluded."""
-    table = _proc_table()
+    table = proc_table()
     children: defaultdict[int, list[int]] = defaultdict(list)
     for proc in table:
         children[proc.ppid].append(proc.pid)
