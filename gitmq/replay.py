@@ -41,8 +41,8 @@ CHUNK = 1000
 MIN_CHUNK = 50
 
 
-#: The most ids ``ReplayState`` remembers (about 150 bytes each).
-ID_MEMORY = 200_000
+#: The most ids ``ReplayState`` remembers (about 250 bytes each).
+ID_MEMORY = 100_000
 
 
 @dataclass
@@ -51,9 +51,10 @@ class ReplayState:
 
     ``chunk``: how many messages the next push may carry, halved by each rejected
     push and doubled by each that lands, within ``MIN_CHUNK`` and ``CHUNK``.
-    ``ids``: the ids of confirmed commits already read (commits never change), so a
-    node that keeps losing races reads only what it fetched since, not everything
-    since its fork point, which grows with each race it loses."""
+    ``ids``: the ids of the remote's commits since the fork point, as last read
+    (commits never change), so a node that keeps losing races reads only what it
+    fetched since, not everything since its fork point, which grows with each race
+    it loses."""
 
     chunk: int = CHUNK
     ids: dict[str, str] = field(default_factory=dict)
@@ -65,13 +66,14 @@ class ReplayState:
         self.chunk = min(CHUNK, self.chunk * 2)
 
     def landed(self, storage: Storage, shas: list[str]) -> set[str]:
-        """The ids of the commits ``shas``."""
-        missing = [sha for sha in shas if sha not in self.ids]
-        if len(self.ids) + len(missing) > ID_MEMORY:
-            self.ids.clear()
+        """The ids of the commits ``shas`` (the remote's since the fork point); only
+        theirs are kept, so what is remembered never outgrows one divergence."""
+        known = {sha: self.ids[sha] for sha in shas if sha in self.ids}
+        missing = [sha for sha in shas if sha not in known]
         for sha, body in zip(missing, storage.read_bodies(missing), strict=True):
-            self.ids[sha] = fmt.stable_id(body)
-        return {self.ids[sha] for sha in shas}
+            known[sha] = fmt.stable_id(body)
+        self.ids = known if len(known) <= ID_MEMORY else {}
+        return set(known.values())
 
 
 @dataclass

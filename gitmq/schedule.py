@@ -28,21 +28,23 @@ Job = Callable[[str], Any]
 
 
 class PhaseKeeping(IntervalTrigger):  # type: ignore[misc]
-    """Every ``seconds`` (plus up to ``jitter``), on the grid of the last ``anchor`` once
-    one is set. The job sets it from its own thread (a plain attribute: calling the
-    scheduler from a job deadlocks against ``shutdown``, which holds the job store
-    lock while it waits for running jobs); it takes effect from the next run on."""
+    """Every ``seconds`` (plus up to ``jitter``), on the grid of ``anchor`` once one is
+    set. The job sets it from its own thread (a plain attribute: calling the scheduler
+    from a job deadlocks against ``shutdown``, which holds the job store lock while it
+    waits for running jobs). A pure function of its arguments and the anchor: the
+    scheduler asks it more than once per run."""
 
     def __init__(self, seconds: float, jitter: float | None) -> None:
         super().__init__(seconds=seconds, jitter=jitter or None)
         self.anchor: datetime | None = None
 
     def get_next_fire_time(self, previous: datetime | None, now: datetime) -> datetime | None:
-        anchor, self.anchor = self.anchor, None
+        anchor = self.anchor
         if anchor is None:
             fire: datetime | None = super().get_next_fire_time(previous, now)
             return fire
-        periods = max(1, math.ceil((now - anchor) / self.interval))
+        after = previous or now
+        periods = max(1, math.floor((after - anchor) / self.interval) + 1)
         fire = self._apply_jitter(anchor + periods * self.interval, self.jitter, now)
         return fire
 

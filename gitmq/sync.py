@@ -344,6 +344,12 @@ class _Cycle:
         self.message_count += count
 
 
+#: The most chunks one cycle pushes (``replay.CHUNK`` messages each): a backlog of
+#: 100,000 messages goes out in one cycle, and a cycle stays bounded whatever the
+#: local producers publish meanwhile.
+MAX_CHUNKS = 100
+
+
 def backoff(attempt: int, slot: float) -> float:
     """Seconds to wait after the ``attempt``-th rejected push in a row, ``slot`` the time
     that attempt took. A rejection means another node's push has just landed, and that
@@ -373,8 +379,8 @@ def sync_once(
     for queue in target.queues:
         storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
-        streak = 0  # rejections in a row
-        for attempt in range(1, target.max_attempts + 1):
+        streak = chunks = 0  # rejections in a row; chunks gone through
+        while True:
             cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
             began, wall = time.monotonic(), datetime.now(UTC)
             try:
@@ -384,8 +390,9 @@ def sync_once(
                 streak += 1
                 target.state.lost()
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
-                if attempt < target.max_attempts:
-                    sleep(backoff(streak, time.monotonic() - began))
+                if report.rejections >= target.max_attempts:
+                    break
+                sleep(backoff(streak, time.monotonic() - began))
                 continue
             except GitMQError as exc:  # the remote, or a local git failure: report it
                 report.error = exc.message
@@ -395,14 +402,14 @@ def sync_once(
                 target.state.won()
             if report.rejections and pushes == 0 < report.pushes:
                 report.won_at = wall
-            if not cycle.more:  # else the next chunk of a large backlog, at once
+            chunks += 1
+            if not cycle.more or chunks >= MAX_CHUNKS:  # else the next chunk, at once
                 break
-        else:
-            if report.pushes == 0 and report.rejections:
-                report.error = (
-                    f"push rejected {report.rejections} times (other nodes kept pushing "
-                    f"first); will try again next cycle"
-                )
+        if report.pushes == 0 and report.rejections >= target.max_attempts:
+            report.error = (
+                f"push rejected {report.rejections} times (other nodes kept pushing "
+                f"first); will try again next cycle"
+            )
         if not listen_only:
             with contextlib.suppress(GitMQError):  # a count is only for the report
                 report.unpushed = _Queues(storage, target).unpushed()

@@ -36,6 +36,7 @@ from util import (
     wait_for,
 )
 
+import gitmq.sync
 from gitmq import Consumer, Identity, Producer, Storage
 from gitmq.replay import CHUNK, MIN_CHUNK, ReplayState
 from gitmq.storage import packing
@@ -523,26 +524,34 @@ def test_a_large_backlog_goes_out_in_chunks_in_one_cycle(
 
 
 def test_chunks_cut_short_go_on_next_cycle_and_never_land_twice(
-    git_daemon: GitDaemon, central: Path, storages: dict[str, Storage]
+    git_daemon: GitDaemon,
+    central: Path,
+    storages: dict[str, Storage],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Out of attempts after two chunks: the outbox records how far it got, the report
-    counts what is left, new messages queue behind; a chunk that landed without the node
-    learning it (its record rolled back) is recognised by id and not sent again."""
+    """A cycle that reached its chunk limit after two chunks: the outbox records how far
+    it got, the report counts what is left, new messages queue behind; a chunk that
+    landed without the node learning it (its record rolled back) is recognised by id
+    and not sent again."""
     a, b = storages["a"], storages["b"]
     url = git_daemon.url("central.git")
     producer(b, "b").publish("b0")
     synced(b, target(url, "b"))
     producer(a, "a").publish_many([f"a:{i}" for i in range(3500)])
-    report = synced(a, target(url, "a", max_attempts=2))
+    limit = gitmq.sync.MAX_CHUNKS
+    monkeypatch.setattr(gitmq.sync, "MAX_CHUNKS", 2)
+    report = synced(a, target(url, "a"))
     assert (report.pushes, report.pushed_messages, report.unpushed) == (2, 2000, 1500)
     outbox = a.list_refs("refs/gitmq/outbox/")
     assert len(outbox) == 2
     sent = outbox[f"refs/gitmq/outbox/{REMOTE}/sent/orders"]
-    report = synced(a, target(url, "a", max_attempts=1))
+    monkeypatch.setattr(gitmq.sync, "MAX_CHUNKS", 1)
+    report = synced(a, target(url, "a"))
     assert (report.pushes, report.pushed_messages, report.unpushed) == (1, 1000, 500)
     for ref, value in outbox.items():  # as if the last chunk's answer had been lost
         assert a.compare_and_swap(ref, value, a.read_ref(ref))
     producer(a, "a").publish("a:late")
+    monkeypatch.setattr(gitmq.sync, "MAX_CHUNKS", limit)
     report = synced(a, target(url, "a"))
     assert report.duplicates_dropped == 1000 and report.pushed_messages == 501
     landed = [m.payload for m in remote_messages(central, "orders")]

@@ -45,9 +45,10 @@ class Orphans:
         self.tips = tips
         self.pending: set[str] = set()
 
-    def discard(self, shas: set[str]) -> int:
+    def discard(self, shas: set[str], *, thorough: bool = False) -> int:
         """Delete ``shas`` (and what earlier calls left) where no ref names them;
-        returns how many objects went."""
+        returns how many objects went. ``thorough`` rewrites every pack that holds
+        one, whatever its share (for a process about to exit)."""
         if len(self.pending) + len(shas) <= MAX_PENDING:
             self.pending |= shas
         if not self.pending:
@@ -59,13 +60,14 @@ class Orphans:
                 with self.guard.collecting(timeout=WAIT):
                     doomed = self.pending - self.tips()
                     loose = collect.delete_loose(self.git_dir, doomed)
-                    packed, left = self._packed(doomed - loose) if doomed - loose else (0, set())
+                    rest = doomed - loose
+                    packed, left = self._packed(rest, thorough) if rest else (0, set())
             except StorageError:  # a long fetch holds the guard: next time
                 return 0
         self.pending = left
         return len(loose) + packed
 
-    def _packed(self, doomed: set[str]) -> tuple[int, set[str]]:
+    def _packed(self, doomed: set[str], thorough: bool) -> tuple[int, set[str]]:
         """Unlink the packs every object of which is doomed and write again those where
         the doomed are a fair share; returns how many went and the doomed left."""
         pack_dir = self.git_dir / "objects" / "pack"
@@ -88,7 +90,8 @@ class Orphans:
             if not hit:
                 continue
             if len(hit) < len(objects):
-                if len(objects) > SMALL_PACK and len(hit) < REWRITE_SHARE * len(objects):
+                worth = len(objects) <= SMALL_PACK or len(hit) >= REWRITE_SHARE * len(objects)
+                if not (worth or thorough):
                     left.update(hit)
                     continue
                 collect.pack_objects(self.git_dir, [s for s in objects if s not in doomed])

@@ -37,6 +37,8 @@ REPACK_AFTER_OBJECTS = 1000
 REPACK_AFTER_PACKS = 8
 #: Loose objects written by this object that make close() start a repack.
 CLOSE_REPACK_MIN = 100
+#: The most ``close`` waits for a running repack before deleting replaced copies.
+CLOSE_DISCARD_WAIT = 30.0
 
 
 class Storage:
@@ -69,7 +71,11 @@ class Storage:
 
     def close(self) -> None:
         """Stop the helper git processes this object holds; leave no pile of loose
-        objects behind (a short-lived producer never reaches the repack trigger)."""
+        objects behind (a short-lived producer never reaches the repack trigger), nor
+        replaced copies that a busy repack lock kept from going (waiting is fine now)."""
+        if self._orphans.pending:
+            packing.wait_idle(self.git_dir, CLOSE_DISCARD_WAIT)
+            self._orphans.discard(set(), thorough=True)
         self._reader.close()
         self.guard.close()
         if self._written_objects >= CLOSE_REPACK_MIN and (
