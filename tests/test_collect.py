@@ -365,3 +365,19 @@ def test_a_running_node_frees_the_disk_that_prune_and_repack_free(
         wait_for(lambda: not deleted_packs_held(proc.pid), 10, "the repacked packs let go")
         assert node.stop() == 0, node.log_text()
     fsck(node.storage)
+
+
+def test_pack_hits_agrees_with_the_whole_index(tmp_path: Path) -> None:
+    """Looked up one by one (a few names) or read whole (many), the same answer."""
+    storage = Storage(tmp_path / "s.git")
+    Producer(storage, "orders", author=AUTHOR).publish_many([f"m{i}" for i in range(3000)])
+    storage.repack_now()
+    idx = max((storage.git_dir / "objects" / "pack").glob("*.idx"), key=collect.pack_count)
+    names = collect.pack_names(idx)
+    assert len(names) >= 3000
+    absent = {"0" * 40, "f" * 40, "00" + names[0][2:-1] + "0"} - set(names)
+    few = {names[0], names[-1], names[1500]} | absent
+    assert sorted(collect.pack_hits(idx, few)) == sorted({names[0], names[-1], names[1500]})
+    many = set(names[::2]) | absent
+    assert sorted(collect.pack_hits(idx, many)) == sorted(names[::2])
+    storage.close()

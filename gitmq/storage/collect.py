@@ -27,6 +27,7 @@ hand): their loose objects and packs are young files.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 import time
@@ -155,6 +156,34 @@ def pack_names(idx: Path) -> list[str]:
     count = struct.unpack(">I", data[8 + 255 * 4 : 8 + 256 * 4])[0]
     start = 8 + 256 * 4
     return [data[start + 20 * i : start + 20 * (i + 1)].hex() for i in range(count)]
+
+
+def pack_hits(idx: Path, shas: set[str]) -> list[str]:
+    """Which of ``shas`` a version 2 pack index lists. A few of them are looked up in its
+    sorted name table (mapped, nothing allocated per object in the pack: this runs
+    after every sync that replaced copies); many, by reading the table whole."""
+    with open(idx, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"\xfftOc" or struct.unpack_from(">I", data, 4)[0] != 2:
+            raise StorageError(f"{idx} is not a version 2 pack index; run 'git repack -a -d' once")
+        fanout, names = 8, 8 + 256 * 4
+        count = struct.unpack_from(">I", data, fanout + 255 * 4)[0]
+        if len(shas) * 16 > count:
+            table = data[names : names + 20 * count]
+            listed = {table[20 * i : 20 * (i + 1)].hex() for i in range(count)}
+            return [sha for sha in shas if sha in listed]
+        out = []
+        for sha in shas:
+            key = bytes.fromhex(sha)
+            lo = struct.unpack_from(">I", data, fanout + (key[0] - 1) * 4)[0] if key[0] else 0
+            hi = struct.unpack_from(">I", data, fanout + key[0] * 4)[0]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                name = data[names + 20 * mid : names + 20 * mid + 20]
+                if name == key:
+                    out.append(sha)
+                    break
+                lo, hi = (mid + 1, hi) if name < key else (lo, mid)
+        return out
 
 
 def pack_count(idx: Path) -> int:

@@ -81,20 +81,21 @@ class Orphans:
             if not name.endswith(".idx") or idx.with_suffix(".keep").exists():
                 continue
             try:
-                if not 0 < collect.pack_count(idx) <= LARGE_PACK:
+                count = collect.pack_count(idx)
+                if not 0 < count <= LARGE_PACK:
                     continue
-                objects = collect.pack_names(idx)
-            except (OSError, StorageError):
-                continue
-            hit = [sha for sha in objects if sha in doomed]
-            if not hit:
-                continue
-            if len(hit) < len(objects):
-                worth = len(objects) <= SMALL_PACK or len(hit) >= REWRITE_SHARE * len(objects)
-                if not (worth or thorough):
-                    left.update(hit)
+                hit = collect.pack_hits(idx, doomed)
+                if not hit:
                     continue
-                collect.pack_objects(self.git_dir, [s for s in objects if s not in doomed])
+                if len(hit) < count:
+                    worth = count <= SMALL_PACK or len(hit) >= REWRITE_SHARE * count
+                    if not (worth or thorough):
+                        left.update(hit)
+                        continue
+                    keep = [sha for sha in collect.pack_names(idx) if sha not in doomed]
+                    collect.pack_objects(self.git_dir, keep)
+            except (OSError, ValueError, StorageError):  # a pack a repack just removed
+                continue
             collect.unlink_pack(idx)
             removed += len(hit)
         return removed, left
