@@ -32,7 +32,7 @@ WAIT = 1.0
 #: bounded share of the store, and a large pack is not rewritten for a few of them.
 REWRITE_SHARE = 0.25
 SMALL_PACK = 10_000
-#: Packs larger than this are left to the prune's sweep (reading their index costs).
+#: Packs larger than this are never rewritten here (the prune's sweep takes them).
 LARGE_PACK = 500_000
 
 
