@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -93,4 +94,7 @@ def scheduler_for(
             else IntervalTrigger(seconds=policy.every or 3600)
         )
         add(prune, trigger, queue.name, f"prune-{queue.name}")
+    # One thread per job is enough (each runs one at a time); the default pool of ten
+    # spreads the jobs over ten threads, each warming its own malloc arena (RSS).
+    scheduler.add_executor(ThreadPoolExecutor(max(1, len(scheduler.get_jobs()))))
     return scheduler

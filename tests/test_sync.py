@@ -484,7 +484,13 @@ def test_sync_wins_at_once_against_a_producer_that_never_pauses(
         assert report.pushed_messages >= 400 and report.reparented >= 400
     finally:
         kill_all([busy])
-    swept(a, target(url, "a"))
+    # The copies went at once, or stay pending (a background repack held the lock, or
+    # the producer's repack folded them into a large pack where they are a small share)
+    # until a later cycle or, at the latest, the process closes its storage.
+    synced(a, target(url, "a"))
+    wait_packed(a.git_dir)
+    a.close()
+    assert unreachable_commits(a.git_dir) == []
     fsck(a.git_dir)
     landed = [m.payload for m in remote_messages(central, "orders")]
     assert landed[0] == "b0" and len(landed) == len(set(landed))
