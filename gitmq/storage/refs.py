@@ -88,14 +88,16 @@ class RefStore:
     def list(self, prefix: str) -> dict[str, str]:
         """Every ref under ``prefix`` (e.g. ``refs/tags/``) with its value."""
         found = {k: v for k, v in self.packed.items().items() if k.startswith(prefix)}
-        base = self.git_dir / prefix
-        if base.is_dir():
-            for path in base.rglob("*"):
-                if path.is_file() and not path.name.endswith(".lock"):
-                    name = path.relative_to(self.git_dir).as_posix()
-                    value = self.read(name)
-                    if value:
-                        found[name] = value
+        # os.walk skips a directory that git removed meanwhile (an emptied ref
+        # directory goes with its last ref); Path.rglob raised FileNotFoundError.
+        for root, _, files in os.walk(self.git_dir / prefix):
+            for file in files:
+                if file.endswith(".lock"):
+                    continue
+                name = Path(root, file).relative_to(self.git_dir).as_posix()
+                value = self.read(name)
+                if value:
+                    found[name] = value
         return found
 
     def list_in(self, directory: str, name_prefix: str = "") -> dict[str, str]:
