@@ -39,10 +39,11 @@ WALK_LIMIT = 100_000
 CHUNK = 1000
 #: The fewest it carries after rejections in a row (when that many wait).
 MIN_CHUNK = 50
-
-
 #: The most ids ``ReplayState`` remembers (about 250 bytes each).
 ID_MEMORY = 100_000
+
+#: ``Storage.divergence(confirmed, local)``: (only the remote's, only ours), oldest first.
+Split = tuple[list[str], list[str]]
 
 
 @dataclass
@@ -149,7 +150,7 @@ def replay_snapshot(
     committer: Identity,
     now: datetime,
     *,
-    split: tuple[list[str], list[str]] | None = None,
+    split: Split | None = None,
     outbox: Outbox | None = None,
     limit: int | None = None,
     state: ReplayState | None = None,

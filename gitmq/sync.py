@@ -28,7 +28,7 @@ from gitmq.errors import GitMQError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
-from gitmq.replay import Outbox, Replay, ReplayState, replay_since, replay_snapshot
+from gitmq.replay import Outbox, Replay, ReplayState, Split, replay_since, replay_snapshot
 from gitmq.segments import QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
@@ -291,19 +291,8 @@ class _Cycle:
             count = min(len(split[1]), self.target.state.chunk)
             self.plan_push(queue, self.chunk_end(split[1]), confirmed, count)
             return
-        outbox, state = Outbox(storage, self.target.remote, queue), self.target.state
-        snapshot = replay_snapshot(  # outside the branch lock; a chunk of a large backlog
-            storage,
-            local,
-            confirmed,
-            self.target.committer,
-            self.now(),
-            split=split,
-            outbox=outbox,
-            limit=state.chunk if self.queues.segment_owner(queue) is None else None,
-            state=state,
-        )
-        self.more |= not snapshot.complete
+        outbox = Outbox(storage, self.target.remote, queue)
+        snapshot = self.reparent(queue, local, confirmed, split, outbox)
         self.report.duplicates_dropped += snapshot.dropped
         if snapshot.complete:
             tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
@@ -326,6 +315,27 @@ class _Cycle:
             return ours[-1]
         self.more = True
         return ours[self.target.state.chunk - 1]
+
+    def reparent(
+        self, queue: str, local: str | None, confirmed: str, split: Split | None, outbox: Outbox
+    ) -> Replay:
+        """Replay the unpushed messages onto ``confirmed`` outside the branch lock; a
+        chunk of them when there are many (segments of a rotating queue: all)."""
+        state = self.target.state
+        chunked = self.queues.segment_owner(queue) is None
+        snapshot = replay_snapshot(
+            self.storage,
+            local,
+            confirmed,
+            self.target.committer,
+            self.now(),
+            split=split,
+            outbox=outbox,
+            limit=state.chunk if chunked else None,
+            state=state,
+        )
+        self.more |= not snapshot.complete
+        return snapshot
 
     def finish(self, snapshot: Replay, current: str | None) -> tuple[list[bytes], str | None]:
         """Under the branch lock: replay what producers appended since the snapshot."""

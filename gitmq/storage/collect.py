@@ -162,15 +162,13 @@ def pack_hits(idx: Path, shas: set[str]) -> list[str]:
     """Which of ``shas`` a version 2 pack index lists. A few of them are looked up in its
     sorted name table (mapped, nothing allocated per object in the pack: this runs
     after every sync that replaced copies); many, by reading the table whole."""
+    if len(shas) * 16 > pack_count(idx):
+        listed = set(pack_names(idx))
+        return [sha for sha in shas if sha in listed]
     with open(idx, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if data[:4] != b"\xfftOc" or struct.unpack_from(">I", data, 4)[0] != 2:
             raise StorageError(f"{idx} is not a version 2 pack index; run 'git repack -a -d' once")
         fanout, names = 8, 8 + 256 * 4
-        count = struct.unpack_from(">I", data, fanout + 255 * 4)[0]
-        if len(shas) * 16 > count:
-            table = data[names : names + 20 * count]
-            listed = {table[20 * i : 20 * (i + 1)].hex() for i in range(count)}
-            return [sha for sha in shas if sha in listed]
         out = []
         for sha in shas:
             key = bytes.fromhex(sha)
