@@ -38,8 +38,9 @@ MAX_ROUNDS = 5
 def start_background(git_dir: Path) -> subprocess.Popen[bytes] | None:
     """Start a detached repack unless one is already running."""
     lock = git_dir / LOCK_NAME
-    if lock.exists() and time.time() - lock.stat().st_mtime < STALE_SECONDS:
-        return None
+    with contextlib.suppress(FileNotFoundError):  # released between a look and a stat
+        if time.time() - lock.stat().st_mtime < STALE_SECONDS:
+            return None
     return subprocess.Popen(
         [sys.executable, "-m", "gitmq.storage.packing", str(git_dir)],
         stdin=subprocess.DEVNULL,
