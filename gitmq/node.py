@@ -181,7 +181,7 @@ class Node:
         log.info("once: delivered %d messages", delivered)
         failed = [r for r in reports if not r.ok]
         if failed:
-            raise RemoteError(failed[-1].error or "sync failed")
+            raise RemoteError(failed[-1].error or "; ".join(failed[-1].rewritten))
         return 0
 
     # ------------------------------------------------------------ the daemon

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gitmq import rotation
+from gitmq import repair, rotation
 from gitmq.errors import GitMQError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
@@ -77,6 +77,11 @@ class SyncReport:
     unpushed: int = 0  # local messages the remote does not have yet, when the cycle ended
     orphans_removed: int = 0
     conflicts: list[str] = field(default_factory=list)
+    #: One line per queue branch whose remote history lost the confirmed tip: held
+    #: back until repaired (``repair.py``).
+    rewritten: list[str] = field(default_factory=list)
+    #: Queue branches the remote had lost, pushed back from the confirmed history.
+    restored: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     #: When the attempt whose push landed began (wall clock), after a rejection: the
@@ -85,10 +90,12 @@ class SyncReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and not self.rewritten
 
     def line(self) -> str:
-        state = "ok" if self.ok else f"failed: {self.error}"
+        state = "ok" if self.error is None else f"failed: {self.error}"
+        if self.rewritten:
+            state += "; " + "; ".join(self.rewritten)
         return (
             f"sync {self.remote}: {state}; fetched {self.fetched}, pushed {self.pushed_messages} "
             f"messages and {self.pushed_tags} tags in {self.pushes} push(es), "
@@ -176,6 +183,8 @@ class _Cycle:
             storage, target.remote, target.consumers, self.queues.before, self.queues.is_confirmed
         )
         self.tags = Plan()
+        self.held: set[str] = set()  # branches the remote rewrote: not integrated
+        self.lost: set[str] = set()  # branches the remote lost: pushed back
 
     def run(self, listen_only: bool = False) -> None:
         landed = False
@@ -232,17 +241,20 @@ class _Cycle:
         t, storage = self.target, self.storage
         specs: list[str] = []
         before: dict[str, str | None] = {}
+        branch_of: dict[str, str] = {}
         gone = []
         for branch in branches:
             ref, mine = f"refs/heads/{branch}", tracking_ref(t.remote, branch)
             theirs, known = remote_refs.get(ref), storage.read_ref(mine)
             if theirs and theirs != known:
                 specs.append(f"+{ref}:{fetched_ref(mine)}")
-                before[mine] = known
+                before[mine], branch_of[mine] = known, branch
             elif theirs is None and known is not None:
                 rot = self.queues.segment_owner(branch)
                 if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
+                elif rot is None:  # a queue branch is never deleted: push it back
+                    self.lost.add(branch)
         copies = {}
         for consumer in t.consumers:
             ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
@@ -261,10 +273,27 @@ class _Cycle:
         self.tags.followed = 0
         for mine, known in before.items():  # only now may consumers see the new messages
             tip = storage.read_ref(fetched_ref(mine))
-            if tip and storage.compare_and_swap(mine, tip, known):
+            if tip is None:
+                continue
+            # One rev-list: what the confirmed tip has that the new one lacks (nothing,
+            # unless the remote rewrote the branch), and what arrived.
+            lost, new = storage.divergence(known, tip) if known else ([], [])
+            if lost:
+                assert known is not None
+                self.hold(branch_of[mine], known, tip)
                 storage.delete_ref(fetched_ref(mine), tip)
-                self.report.fetched += storage.count(known, tip)
+            elif storage.compare_and_swap(mine, tip, known):
+                storage.delete_ref(fetched_ref(mine), tip)
+                self.report.fetched += len(new) if known else storage.count(None, tip)
         return gone
+
+    def hold(self, branch: str, confirmed: str, remote_tip: str) -> None:
+        """The remote's ``branch`` no longer contains what it confirmed: move nothing
+        of it, and say so in the report (the node logs it as a warning each cycle)."""
+        self.held.add(branch)
+        line = repair.rewritten_line(self.target.remote, branch, confirmed, remote_tip)
+        if line not in self.report.rewritten:
+            self.report.rewritten.append(line)
 
     def plan_deletions(self, remote_refs: dict[str, str]) -> None:
         """Delete expired segments on the remote (in the same atomic push)."""
@@ -283,6 +312,16 @@ class _Cycle:
         local_ref = f"refs/heads/{queue}"
         local = storage.read_ref(local_ref)
         confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
+        if queue in self.held:
+            return
+        if queue in self.lost:
+            if queue not in self.report.restored:
+                self.report.restored.append(queue)
+                log.warning("%s", repair.lost_line(self.target.remote, queue, confirmed))
+            if local == confirmed:
+                assert confirmed is not None
+                self.updates.append(RefUpdate(confirmed, local_ref, lease=""))
+                return
         if local == confirmed:
             return
         split = storage.divergence(confirmed, local) if local else None

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gitmq import __version__, demo
-from gitmq.cli import consumer_cmd, github_cmd, node_cmd, prune_cmd, queue_cmds
+from gitmq.cli import consumer_cmd, github_cmd, node_cmd, prune_cmd, queue_cmds, repair_cmd
 from gitmq.cli.errors import guarded
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     consumer_cmd.register(sub)
     node_cmd.register(sub)
     prune_cmd.register(sub)
+    repair_cmd.register(sub)
     github_cmd.register(sub)
     demo.register(sub)
     return parser

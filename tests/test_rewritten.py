@@ -1,0 +1,182 @@
+"""A rewritten or deleted remote queue branch (issue 9), through a real git daemon.
+
+Queue branches on a remote only grow. Someone force-sets one to other history:
+the node must move nothing of that queue, say what happened and how to repair
+it, and ``gitmq repair`` must do either repair. A deleted branch is pushed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from nodes import Cluster, TestNode, remote_messages
+from util import git, gitmq, ok, rev_parse
+
+pytestmark = pytest.mark.slow
+
+FOREIGN = "Eve <eve@example.com> 1700000000 +0000"
+
+
+def commit(repo: Path, body: bytes) -> str:
+    out = git(repo, "hash-object", "-t", "commit", "-w", "--stdin", input=body)
+    return out.decode().strip()
+
+
+def foreign_history(repo: Path, payloads: list[str], base: Sequence[bytes] = ()) -> str:
+    """Commits written straight into ``repo``: copies of the message bodies ``base``
+    on a new root chain (committed by someone else, so other commits with the same
+    ids), then plain messages ``payloads``; returns the tip."""
+    parent: str | None = None
+    for body in base:
+        head, _, message = body.partition(b"\n\n")
+        kept = [
+            f"committer {FOREIGN}".encode() if ln.startswith(b"committer ") else ln
+            for ln in head.split(b"\n")
+            if not ln.startswith(b"parent ")
+        ]
+        if parent:
+            kept.insert(1, f"parent {parent}".encode())
+        parent = commit(repo, b"\n".join(kept) + b"\n\n" + message)
+    for payload in payloads:
+        lines = ["tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904"]
+        if parent:
+            lines.append(f"parent {parent}")
+        lines += [f"author {FOREIGN}", f"committer {FOREIGN}"]
+        parent = commit(repo, ("\n".join(lines) + "\n\n" + payload).encode())
+    assert parent is not None
+    return parent
+
+
+def refs_of(node: TestNode) -> dict[str, str]:
+    out = git(node.storage, "for-each-ref", "--format=%(refname) %(objectname)").decode()
+    return dict(line.split(" ") for line in out.splitlines())
+
+
+def synced_node(cluster: Cluster) -> TestNode:
+    """Node ``a``: two messages pushed and delivered, then a third left unpushed."""
+    node = cluster.node("a", ["c-a"])
+    node.publish("orders", "m1", "m2")
+    ok(node.once())
+    assert node.payloads("c-a") == ["m1", "m2"]
+    node.publish("orders", "m3")
+    return node
+
+
+def body(repo: Path, sha: str) -> bytes:
+    return git(repo, "cat-file", "commit", sha)
+
+
+def test_a_rewritten_remote_branch_moves_nothing_and_says_how_to_repair(
+    cluster: Cluster, central: Path
+) -> None:
+    node = synced_node(cluster)
+    confirmed = rev_parse(node.storage, "refs/remotes/central/orders")
+    assert confirmed is not None
+    foreign = foreign_history(central, ["foreign"])
+    git(central, "update-ref", "refs/heads/orders", foreign)
+    before = refs_of(node)
+
+    for _ in range(2):  # and it stays so, cycle after cycle
+        result = node.once()
+        assert result.status == 6, str(result)
+        line = result.err.strip().splitlines()[-1]
+        assert line == (
+            f"error: remote central rewrote queue branch orders: its tip {foreign[:12]} does "
+            f"not contain this node's confirmed tip {confirmed[:12]}, so nothing of orders "
+            f"moves here and its consumers keep their place; run 'gitmq repair --config "
+            f"NODE.yml orders --restore' to push this node's history back, or "
+            f"'--adopt-remote' to take the remote's (docs/operations.md)"
+        ), result.err
+        after = {r: s for r, s in refs_of(node).items() if not r.startswith("refs/gitmq/remotes")}
+        assert after == {r: s for r, s in before.items() if not r.startswith("refs/gitmq/remotes")}
+        assert rev_parse(central, "refs/heads/orders") == foreign
+    assert node.payloads("c-a") == ["m1", "m2"]
+
+
+def test_repair_restore_pushes_the_confirmed_history_back(cluster: Cluster, central: Path) -> None:
+    node = synced_node(cluster)
+    confirmed = rev_parse(node.storage, "refs/remotes/central/orders")
+    assert confirmed is not None
+    foreign = foreign_history(central, ["foreign"])
+    git(central, "update-ref", "refs/heads/orders", foreign)
+
+    out = ok(gitmq("repair", "--config", node.config, "orders", "--restore")).out
+    assert out.strip() == (
+        f"queue orders: restore done; remote was {foreign[:12]}, now {confirmed[:12]}; "
+        f"1 remote commits left the branch (still readable as {foreign} until pruned)"
+    )
+    assert rev_parse(central, "refs/heads/orders") == confirmed
+    ok(node.once())
+    assert [m.payload for m in remote_messages(central, "orders")] == ["m1", "m2", "m3"]
+    assert node.payloads("c-a") == ["m1", "m2", "m3"]
+    again = gitmq("repair", "--config", node.config, "orders", "--restore")
+    assert again.status == 2 and "nothing to repair" in again.err, str(again)
+
+
+def test_repair_adopt_remote_takes_its_history_and_places_the_consumers(
+    cluster: Cluster, central: Path
+) -> None:
+    node = synced_node(cluster)
+    m1, m2 = (
+        body(node.storage, sha)
+        for sha in git(node.storage, "rev-list", "--reverse", "refs/remotes/central/orders")
+        .decode()
+        .split()
+    )
+    # The remote now holds copies of m1 and m2 on a new root, and one message more.
+    foreign = foreign_history(central, ["foreign"], [m1, m2])
+    git(central, "update-ref", "refs/heads/orders", foreign)
+    assert node.once().status == 6
+
+    out = ok(gitmq("repair", "--config", node.config, "orders", "--adopt-remote")).out
+    assert out.strip().endswith(
+        "1 unpushed messages re-parented onto it; consumer tags moved: c-a"
+    ), out
+    assert rev_parse(node.storage, "refs/remotes/central/orders") == foreign
+    ok(node.once())
+    assert [m.payload for m in remote_messages(central, "orders")] == [
+        "m1",
+        "m2",
+        "foreign",
+        "m3",
+    ]
+    assert node.payloads("c-a") == ["m1", "m2", "foreign", "m3"]  # nothing twice
+
+
+def test_a_deleted_remote_branch_is_pushed_back(cluster: Cluster, central: Path) -> None:
+    node = cluster.node("a", ["c-a"])
+    node.publish("orders", "m1", "m2")
+    ok(node.once())
+    confirmed = rev_parse(central, "refs/heads/orders")
+    git(central, "update-ref", "-d", "refs/heads/orders")
+
+    result = ok(node.once())
+    assert (
+        f"remote central has no branch orders although it confirmed {confirmed[:12]} here: "
+        f"pushing this node's confirmed history back" in result.err
+    ), result.err
+    assert rev_parse(central, "refs/heads/orders") == confirmed
+    node.publish("orders", "m3")
+    git(central, "update-ref", "-d", "refs/heads/orders")
+    ok(node.once())  # with an unpushed message on top
+    assert [m.payload for m in remote_messages(central, "orders")] == ["m1", "m2", "m3"]
+    assert node.payloads("c-a") == ["m1", "m2", "m3"]
+
+
+def test_repair_refuses_what_it_cannot_repair(cluster: Cluster, central: Path) -> None:
+    node = cluster.node("a", ["c-a"])
+    node.publish("orders", "m1")
+    ok(node.once())
+    cases = [
+        (["nosuch", "--restore"], 2, "queue 'nosuch' is not in"),
+        (["orders", "--restore"], 2, "nothing to repair"),
+        (["orders"], 2, "one of the arguments --restore --adopt-remote is required"),
+    ]
+    for args, status, text in cases:
+        result = gitmq("repair", "--config", node.config, *args)
+        assert result.status == status and text in result.err, str(result)
+    git(central, "update-ref", "-d", "refs/heads/orders")
+    result = gitmq("repair", "--config", node.config, "orders", "--adopt-remote")
+    assert result.status == 4 and "use --restore" in result.err, str(result)
