@@ -255,7 +255,11 @@ class Consumer:
         return False
 
     def _handle(self, handler: Handler, message: Message) -> bool:
-        """Run the handler with retries; False when stopped before it succeeded."""
+        """Run the handler with retries; False when stopped before it succeeded.
+        A commit that is no message goes to the dead-letter queue unhandled."""
+        if message.undecodable is not None:
+            self.dead_letters.publish(message, f"undecodable: {message.undecodable}", 0)
+            return True
         error = ""
         for attempt in range(1, self.retry.max_attempts + 1):
             if attempt > 1 and self._stop.wait(self.retry.delay_before(attempt)):

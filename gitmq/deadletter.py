@@ -43,6 +43,7 @@ class DeadLetters:
         headers.update(
             {
                 "dead-letter-original-id": message.id,
+                "dead-letter-original-sha": message.sha,
                 "dead-letter-queue": self.queue,
                 "dead-letter-consumer": self.consumer,
                 "dead-letter-attempts": str(attempts),
@@ -51,6 +52,17 @@ class DeadLetters:
         )
         self._producer.publish(message.payload, headers)
         self.count += 1
+        if message.undecodable is not None:
+            log.error(
+                "consumer %s: commit %s on queue %s is not a message (%s); moved to "
+                "dead-letter queue %s unhandled",
+                self.consumer,
+                message.sha,
+                self.queue,
+                message.undecodable,
+                self.name,
+            )
+            return
         log.error(
             "consumer %s: message %s moved to dead-letter queue %s after %d attempts: %s",
             self.consumer,

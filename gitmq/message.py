@@ -59,6 +59,9 @@ class Message:
     parent: str | None = None
     committer: Identity | None = None
     control: str | None = None  # "close"/"open" segment markers; never given to handlers
+    # Why this commit is not a message (docs/format.md), None for every real one;
+    # then payload is the raw commit message and consumers dead-letter it.
+    undecodable: str | None = None
 
     @property
     def text(self) -> str:
@@ -135,44 +138,111 @@ def reparent(body: bytes, parent: str | None, committer: Identity, now: datetime
 
 
 def decode(sha: str, body: bytes) -> Message:
-    """Parse a commit object body into a :class:`Message`."""
+    """Parse a commit object body into a :class:`Message`; never raises.
+
+    Anyone who can push to a remote can put any commit on a queue. One that is
+    not a message of docs/format.md ("Undecodable messages") comes back with
+    ``undecodable`` set to the reason and its raw commit message as the payload:
+    consumers dead-letter it instead of stopping on it.
+    """
     head, _, message = body.partition(b"\n\n")
-    fields: dict[str, str] = {}
-    headers: dict[str, str] = {}
-    parents: list[str] = []
-    last = ""
-    for raw in head.split(b"\n"):
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(" "):  # continuation of a multi-line header (gpgsig)
-            if last in fields:
-                fields[last] += "\n" + line[1:]
-            continue
-        key, _, value = line.partition(" ")
-        last = key
-        if key == "parent":
-            parents.append(value)
-        elif key == USER_HEADER:
-            name, _, hval = value.partition(" ")
-            headers[name] = hval
-        else:
-            fields.setdefault(key, value)
-    author, when = _parse_ident(fields.get("author", "unknown <unknown> 0 +0000"))
-    committer = _parse_ident(fields["committer"])[0] if "committer" in fields else None
+    parsed = _Head(head)
+    author, when, dated = _parse_ident(parsed.fields.get("author", "unknown <unknown> 0 +0000"))
+    committer = None
+    if "committer" in parsed.fields:
+        committer = _parse_ident(parsed.fields["committer"])[0]
+    problem = parsed.problem() or (None if dated else "its author time is out of range")
     payload = message
-    if fields.get(ENCODING_HEADER) == "base64":
-        payload = base64.b64decode(message)
-    msg_id = fields.get(ID_HEADER) or derived_id(body)
+    if problem is None and parsed.fields.get(ENCODING_HEADER) == "base64":
+        try:
+            payload = base64.b64decode(message, validate=True)
+        except ValueError:
+            problem = "its body is not valid base64 although it has 'gitmq-encoding base64'"
+    control = parsed.fields.get(CONTROL_HEADER)
     return Message(
-        id=msg_id,
+        id=parsed.message_id() or derived_id(body),
         sha=sha,
         payload=payload,
         author=author,
         time=when,
-        headers=headers,
-        parent=parents[0] if parents else None,
+        headers=parsed.headers if problem is None else {},
+        parent=parsed.parents[0] if parsed.parents else None,
         committer=committer,
-        control=fields.get(CONTROL_HEADER),
+        control=control if problem is None else None,
+        undecodable=problem,
     )
+
+
+_IDENT_LINE = re.compile(r"^(?:[^<>\n]* )?<[^<>\n]*> \d{1,15} [+-]\d{4}$")
+_ID_VALUE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._:-]{0,99}$")
+_CONTROLS = ("close", "open")
+_SINGLE = ("tree", "author", "committer", ID_HEADER, ENCODING_HEADER, CONTROL_HEADER)
+
+
+class _Head:
+    """The header lines of a commit, and the first thing that makes it no message."""
+
+    def __init__(self, head: bytes) -> None:
+        self.fields: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
+        self.parents: list[str] = []
+        self._problems: list[str] = []
+        last = ""
+        for raw in head.split(b"\n"):
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(" "):  # continuation of a multi-line header (gpgsig)
+                if last in self.fields:
+                    self.fields[last] += "\n" + line[1:]
+                continue
+            key, _, value = line.partition(" ")
+            last = key
+            if key == "parent":
+                self.parents.append(value)
+            elif key == USER_HEADER:
+                self._user_header(value)
+            elif key in self.fields and key in _SINGLE:
+                self._problems.append(f"it has two '{key}' lines")
+            else:
+                self.fields.setdefault(key, value)
+
+    def _user_header(self, value: str) -> None:
+        name, _, hval = value.partition(" ")
+        if not _HEADER_NAME.match(name) or "\r" in hval or "\x00" in hval:
+            self._problems.append(f"it has a malformed 'gitmq-header' line {value[:60]!r}")
+        else:
+            self.headers[name] = hval
+
+    def message_id(self) -> str | None:
+        """The ``gitmq-id``, when there is one well-formed line of it."""
+        value = self.fields.get(ID_HEADER)
+        return value if value is not None and _ID_VALUE.match(value) else None
+
+    def problem(self) -> str | None:
+        """Why these headers are not a message's, or None when they are."""
+        fields = self.fields
+        checks = (
+            (fields.get("tree") != EMPTY_TREE, "its tree is not the empty tree (it has files)"),
+            (len(self.parents) > 1, f"it is a merge commit ({len(self.parents)} parents)"),
+            (not _IDENT_LINE.match(fields.get("author", "")), "its author line is malformed"),
+            (
+                not _IDENT_LINE.match(fields.get("committer", "")),
+                "its committer line is malformed",
+            ),
+            (
+                fields.get(ENCODING_HEADER, "base64") != "base64",
+                f"its 'gitmq-encoding' is {fields.get(ENCODING_HEADER, '')[:40]!r}, not 'base64'",
+            ),
+            (
+                ID_HEADER in fields and not _ID_VALUE.match(fields[ID_HEADER]),
+                f"its 'gitmq-id' {fields.get(ID_HEADER, '')[:60]!r} is malformed",
+            ),
+            (
+                fields.get(CONTROL_HEADER, "close") not in _CONTROLS,
+                f"its 'gitmq-control' {fields.get(CONTROL_HEADER, '')[:40]!r} is unknown",
+            ),
+        )
+        found = [*self._problems, *(reason for bad, reason in checks if bad)]
+        return found[0] if found else None
 
 
 def control_of(body: bytes) -> str | None:
@@ -236,17 +306,20 @@ def _git_time(when: datetime) -> str:
     return f"{int(when.timestamp())} {sign}{minutes // 60:02d}{minutes % 60:02d}"
 
 
-def _parse_ident(value: str) -> tuple[Identity, datetime]:
-    name, _, rest = value.partition(" <")
+def _parse_ident(value: str) -> tuple[Identity, datetime, bool]:
+    """The identity and time of an author or committer line, and whether the time
+    was readable (else it is the epoch)."""
+    name, _, rest = value.rpartition("<") if value.startswith("<") else value.partition(" <")
     email, _, stamp = rest.partition("> ")
     seconds, _, tz = stamp.partition(" ")
+    dated = True
     try:
         sign = -1 if tz.startswith("-") else 1
         offset = timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5])) * sign
         when = datetime.fromtimestamp(int(seconds), timezone(offset))
-    except (ValueError, IndexError):
-        when = datetime.fromtimestamp(0, UTC)
+    except (ValueError, IndexError, OverflowError, OSError):
+        when, dated = datetime.fromtimestamp(0, UTC), False
     ident = Identity.__new__(Identity)  # as recorded, even if we would not write it
     object.__setattr__(ident, "name", name.strip() or "unknown")
     object.__setattr__(ident, "email", email.strip() or "unknown")
-    return ident, when
+    return ident, when, dated

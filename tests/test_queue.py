@@ -360,6 +360,7 @@ def test_handler_failure_retries_with_backoff_then_dead_letters_and_moves_on(
     assert dict(dead[0].headers) == {
         "content-type": "application/x-bin",
         "dead-letter-original-id": poison.id,
+        "dead-letter-original-sha": poison.sha,
         "dead-letter-queue": "orders",
         "dead-letter-consumer": "billing",
         "dead-letter-attempts": "4",

@@ -192,6 +192,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "author": str(message.author),
         "headers": dict(message.headers),
         **payload,
+        **({"undecodable": message.undecodable} if message.undecodable is not None else {}),
     }
 
 
@@ -205,10 +206,10 @@ def cmd_log(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(message_json(message)))
             else:
-                print(
-                    f"{message.id}  {message.time.isoformat()}  {message.author}  "
-                    f"{_preview(message.payload)}"
-                )
+                shown = _preview(message.payload)
+                if message.undecodable is not None:
+                    shown = f"[undecodable: {message.undecodable}] {shown}"
+                print(f"{message.id}  {message.time.isoformat()}  {message.author}  {shown}")
     return 0
 
 
