@@ -11,7 +11,7 @@ picks one of two repairs, run on one node while it may keep running:
 - :func:`adopt` takes the remote's history: the node's unpushed messages are
   re-parented onto it, and each consumer tag moves to the same message in it.
 
-A deleted queue branch needs neither: sync pushes the confirmed history back.
+A deleted queue branch is held back the same way; ``restore`` pushes it back.
 """
 
 from __future__ import annotations
@@ -32,22 +32,19 @@ from gitmq.storage.remote import Credentials, RefUpdate, fetch, ls_remote, push_
 RESTORE, ADOPT = "restore", "adopt-remote"
 
 
-def rewritten_line(remote: str, branch: str, confirmed: str, remote_tip: str) -> str:
-    """The one error line sync logs for a rewritten remote branch."""
-    return (
-        f"remote {remote} rewrote queue branch {branch}: its tip {remote_tip[:12]} does not "
-        f"contain this node's confirmed tip {confirmed[:12]}, so nothing of {branch} moves "
-        f"here and its consumers keep their place; run 'gitmq repair --config NODE.yml "
-        f"{branch} --restore' to push this node's history back, or '--adopt-remote' to take "
-        f"the remote's (docs/operations.md)"
+def rewritten_line(remote: str, branch: str, confirmed: str, remote_tip: str | None) -> str:
+    """The one line sync reports for a rewritten (``remote_tip``) or deleted (None)
+    remote queue branch."""
+    what = (
+        f"has no branch {branch} although it confirmed {confirmed[:12]} here"
+        if remote_tip is None
+        else f"rewrote queue branch {branch}: its tip {remote_tip[:12]} does not contain "
+        f"this node's confirmed tip {confirmed[:12]}"
     )
-
-
-def lost_line(remote: str, branch: str, confirmed: str | None) -> str:
-    """The warning sync logs when it pushes a deleted queue branch back."""
     return (
-        f"remote {remote} has no branch {branch} although it confirmed "
-        f"{(confirmed or '')[:12]} here: pushing this node's confirmed history back"
+        f"remote {remote} {what}, so nothing of {branch} moves here and its consumers keep "
+        f"their place; run 'gitmq repair --config NODE.yml {branch} --restore' to push this "
+        f"node's history back, or '--adopt-remote' to take the remote's (docs/operations.md)"
     )
 
 

@@ -77,11 +77,9 @@ class SyncReport:
     unpushed: int = 0  # local messages the remote does not have yet, when the cycle ended
     orphans_removed: int = 0
     conflicts: list[str] = field(default_factory=list)
-    #: One line per queue branch whose remote history lost the confirmed tip: held
-    #: back until repaired (``repair.py``).
+    #: One line per queue branch whose remote history lost the confirmed tip (rewritten
+    #: or deleted): held back until repaired (``repair.py``).
     rewritten: list[str] = field(default_factory=list)
-    #: Queue branches the remote had lost, pushed back from the confirmed history.
-    restored: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     #: When the attempt whose push landed began (wall clock), after a rejection: the
@@ -183,8 +181,7 @@ class _Cycle:
             storage, target.remote, target.consumers, self.queues.before, self.queues.is_confirmed
         )
         self.tags = Plan()
-        self.held: set[str] = set()  # branches the remote rewrote: not integrated
-        self.lost: set[str] = set()  # branches the remote lost: pushed back
+        self.held: set[str] = set()  # branches the remote rewrote or deleted: left alone
 
     def run(self, listen_only: bool = False) -> None:
         landed = False
@@ -253,8 +250,8 @@ class _Cycle:
                 rot = self.queues.segment_owner(branch)
                 if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
-                elif rot is None:  # a queue branch is never deleted: push it back
-                    self.lost.add(branch)
+                elif rot is None:  # a queue branch is never deleted
+                    self.hold(branch, known, None)
         copies = {}
         for consumer in t.consumers:
             ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
@@ -287,9 +284,10 @@ class _Cycle:
                 self.report.fetched += len(new) if known else storage.count(None, tip)
         return gone
 
-    def hold(self, branch: str, confirmed: str, remote_tip: str) -> None:
-        """The remote's ``branch`` no longer contains what it confirmed: move nothing
-        of it, and say so in the report (the node logs it as a warning each cycle)."""
+    def hold(self, branch: str, confirmed: str, remote_tip: str | None) -> None:
+        """The remote's ``branch`` no longer contains what it confirmed (``remote_tip``
+        None: it is gone): move nothing of it, and say so in the report (the node logs
+        it as a warning each cycle) until an operator repairs it."""
         self.held.add(branch)
         line = repair.rewritten_line(self.target.remote, branch, confirmed, remote_tip)
         if line not in self.report.rewritten:
@@ -312,17 +310,7 @@ class _Cycle:
         local_ref = f"refs/heads/{queue}"
         local = storage.read_ref(local_ref)
         confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
-        if queue in self.held:
-            return
-        if queue in self.lost:
-            if queue not in self.report.restored:
-                self.report.restored.append(queue)
-                log.warning("%s", repair.lost_line(self.target.remote, queue, confirmed))
-            if local == confirmed:
-                assert confirmed is not None
-                self.updates.append(RefUpdate(confirmed, local_ref, lease=""))
-                return
-        if local == confirmed:
+        if local == confirmed or queue in self.held:
             return
         split = storage.divergence(confirmed, local) if local else None
         if confirmed is None or (split is not None and not split[0]):

@@ -2,7 +2,7 @@
 
 Queue branches on a remote only grow. Someone force-sets one to other history:
 the node must move nothing of that queue, say what happened and how to repair
-it, and ``gitmq repair`` must do either repair. A deleted branch is pushed back.
+it, and ``gitmq repair`` must do either repair. A deleted branch is the same.
 """
 
 from __future__ import annotations
@@ -145,22 +145,31 @@ def test_repair_adopt_remote_takes_its_history_and_places_the_consumers(
     assert node.payloads("c-a") == ["m1", "m2", "foreign", "m3"]  # nothing twice
 
 
-def test_a_deleted_remote_branch_is_pushed_back(cluster: Cluster, central: Path) -> None:
-    node = cluster.node("a", ["c-a"])
-    node.publish("orders", "m1", "m2")
-    ok(node.once())
+def test_a_deleted_remote_branch_is_held_back_until_restored(
+    cluster: Cluster, central: Path
+) -> None:
+    node = synced_node(cluster)
     confirmed = rev_parse(central, "refs/heads/orders")
+    assert confirmed is not None
     git(central, "update-ref", "-d", "refs/heads/orders")
+    before = refs_of(node)
 
-    result = ok(node.once())
-    assert (
-        f"remote central has no branch orders although it confirmed {confirmed[:12]} here: "
-        f"pushing this node's confirmed history back" in result.err
+    result = node.once()
+    assert result.status == 6, str(result)
+    assert result.err.strip().splitlines()[-1] == (
+        f"error: remote central has no branch orders although it confirmed {confirmed[:12]} "
+        f"here, so nothing of orders moves here and its consumers keep their place; run "
+        f"'gitmq repair --config NODE.yml orders --restore' to push this node's history "
+        f"back, or '--adopt-remote' to take the remote's (docs/operations.md)"
     ), result.err
-    assert rev_parse(central, "refs/heads/orders") == confirmed
-    node.publish("orders", "m3")
-    git(central, "update-ref", "-d", "refs/heads/orders")
-    ok(node.once())  # with an unpushed message on top
+    assert refs_of(node) == before and rev_parse(central, "refs/heads/orders") is None
+
+    out = ok(gitmq("repair", "--config", node.config, "orders", "--restore")).out
+    assert out.strip() == (
+        f"queue orders: restore done; remote was no branch, now {confirmed[:12]}; "
+        f"0 remote commits left the branch"
+    )
+    ok(node.once())  # the unpushed message follows
     assert [m.payload for m in remote_messages(central, "orders")] == ["m1", "m2", "m3"]
     assert node.payloads("c-a") == ["m1", "m2", "m3"]
 
