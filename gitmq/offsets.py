@@ -73,6 +73,13 @@ class Plan:
     conflicts: list[str] = field(default_factory=list)
     followed: int = 0
 
+    def drop(self, refs: set[str]) -> None:
+        """Leave the tags ``refs`` out of this push (the server refused them)."""
+        gone = {u.ref.removeprefix("refs/tags/") for u in self.updates if u.ref in refs}
+        self.updates = [u for u in self.updates if u.ref not in refs]
+        self.confirm = [c for c in self.confirm if c[0].rpartition("/tags/")[2] not in gone]
+        self.resets = [c for c in self.resets if c not in gone]
+
     def report(self, text: str) -> None:
         """A tag that cannot move as asked: in the sync report and the log."""
         self.conflicts.append(text)

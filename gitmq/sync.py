@@ -28,10 +28,19 @@ from gitmq.errors import GitMQError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
+from gitmq.refusals import Refusals, refused_line
 from gitmq.replay import Outbox, Replay, ReplayState, Split, replay_since, replay_snapshot
 from gitmq.segments import QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
-from gitmq.storage.remote import Credentials, PushRejected, RefUpdate, fetch, ls_remote, push_atomic
+from gitmq.storage.remote import (
+    Credentials,
+    PushRefused,
+    PushRejected,
+    RefUpdate,
+    fetch,
+    ls_remote,
+    push_atomic,
+)
 
 log = logging.getLogger("gitmq.sync")
 
@@ -55,8 +64,10 @@ class SyncTarget:
     credentials: Credentials = field(default_factory=Credentials)
     max_attempts: int = 5
     rotations: Mapping[str, RotationPolicy] = field(default_factory=dict, hash=False)
-    #: The one mutable part, kept from cycle to cycle (chunk size, ids read).
+    #: The mutable parts, kept from cycle to cycle: chunk size and ids read, and the
+    #: updates the server refused (``refusals.py``).
     state: ReplayState = field(default_factory=ReplayState, compare=False, hash=False)
+    refusals: Refusals = field(default_factory=Refusals, compare=False, hash=False)
 
 
 @dataclass
@@ -80,6 +91,8 @@ class SyncReport:
     #: One line per queue branch whose remote history lost the confirmed tip (rewritten
     #: or deleted): held back until repaired (``repair.py``).
     rewritten: list[str] = field(default_factory=list)
+    #: One line per update the server refused in this cycle (``refusals.py``).
+    refused: list[str] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     #: When the attempt whose push landed began (wall clock), after a rejection: the
@@ -88,12 +101,12 @@ class SyncReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.rewritten
+        return self.error is None and not self.rewritten and not self.refused
 
     def line(self) -> str:
         state = "ok" if self.error is None else f"failed: {self.error}"
-        if self.rewritten:
-            state += "; " + "; ".join(self.rewritten)
+        if self.rewritten or self.refused:
+            state += "; " + "; ".join(self.rewritten + self.refused)
         return (
             f"sync {self.remote}: {state}; fetched {self.fetched}, pushed {self.pushed_messages} "
             f"messages and {self.pushed_tags} tags in {self.pushes} push(es), "
@@ -182,6 +195,8 @@ class _Cycle:
         )
         self.tags = Plan()
         self.held: set[str] = set()  # branches the remote rewrote or deleted: left alone
+        self.excluded = target.refusals.excluded()  # refs the server refused: left out
+        self.pushed: list[RefUpdate] = []
 
     def run(self, listen_only: bool = False) -> None:
         landed = False
@@ -206,7 +221,9 @@ class _Cycle:
             if not updates:
                 self.offsets.landed(self.tags)  # resets already in place: drop their records
                 return False
+            self.pushed = updates
             push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
+            self.target.refusals.landed([u.ref for u in updates])
             for ref, new, old in self.confirm:
                 self.storage.compare_and_swap(ref, new, old)
             for outbox, chunk in self.chunks:
@@ -226,6 +243,7 @@ class _Cycle:
         for branch in self.queues.branches(remote_refs):
             self.integrate(branch)
         self.offsets.plan(self.tags)
+        self.tags.drop(self.excluded)
         self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
         return self.updates + self.tags.updates
@@ -299,6 +317,8 @@ class _Cycle:
         tags += self.storage.list_refs("refs/tags/").values()
         for rot in self.rotating.values():
             for branch, tip, history in rotation.expired(self.storage, rot, tags, self.now()):
+                if f"refs/heads/{branch}" in self.excluded:
+                    continue
                 self.updates.append(RefUpdate("", f"refs/heads/{branch}", lease=tip, delete=True))
                 self.deleting.append((rot, branch, history))
 
@@ -310,7 +330,7 @@ class _Cycle:
         local_ref = f"refs/heads/{queue}"
         local = storage.read_ref(local_ref)
         confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
-        if local == confirmed or queue in self.held:
+        if local == confirmed or queue in self.held or local_ref in self.excluded:
             return
         split = storage.divergence(confirmed, local) if local else None
         if confirmed is None or (split is not None and not split[0]):
@@ -398,6 +418,21 @@ def backoff(attempt: int, slot: float) -> float:
     return random.uniform(0.0, min(slot, 1.0)) / attempt
 
 
+#: Refused pushes one cycle goes through while it finds what the server refuses:
+#: each one holds a ref back or halves the push.
+MAX_REFUSALS = 16
+
+
+def _refused(target: SyncTarget, report: SyncReport, pushed: list[str], exc: PushRefused) -> None:
+    """Hold back what the server refused, or split the push to find it."""
+    held = target.refusals.isolate(pushed, exc.refused, exc.said)
+    for ref, reason in held.items():
+        delay = target.refusals.refuse(ref, reason)
+        line = refused_line(target.remote, ref, reason, exc.said, delay)
+        report.refused.append(line)
+        log.error("%s", line)
+
+
 def sync_once(
     storage: Storage,
     target: SyncTarget,
@@ -416,7 +451,8 @@ def sync_once(
     for queue in target.queues:
         storage.set_upstream(queue, target.remote)
     with storage.exclusive(sync_lock(target.remote)):
-        streak = chunks = 0  # rejections in a row; chunks gone through
+        target.refusals.deferred.clear()  # what a cut-short search set aside
+        streak = chunks = refusals = 0  # rejections in a row; chunks gone through
         while True:
             cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
             began, wall = time.monotonic(), datetime.now(UTC)
@@ -431,6 +467,12 @@ def sync_once(
                     break
                 sleep(backoff(streak, time.monotonic() - began))
                 continue
+            except PushRefused as exc:  # the server's own decision: leave those refs out
+                refusals += 1
+                _refused(target, report, [u.ref for u in cycle.pushed], exc)
+                if refusals >= MAX_REFUSALS:
+                    break
+                continue
             except GitMQError as exc:  # the remote, or a local git failure: report it
                 report.error = exc.message
                 break
@@ -440,7 +482,8 @@ def sync_once(
             if report.rejections and pushes == 0 < report.pushes:
                 report.won_at = wall
             chunks += 1
-            if not cycle.more or chunks >= MAX_CHUNKS:  # else the next chunk, at once
+            deferred, target.refusals.deferred = target.refusals.deferred, set()
+            if not (cycle.more or deferred) or chunks >= MAX_CHUNKS:  # else go on at once
                 break
         if report.pushes == 0 and report.rejections >= target.max_attempts:
             report.error = (

@@ -33,8 +33,27 @@ _REJECT_SIGNS = (
 )  # fmt: skip
 
 
+# The reasons git gives for a ref it did not update because the push lost a race
+# (or went down with another ref of an atomic push); any other "[remote rejected]"
+# reason is the server's own decision: a protected branch, a ruleset, a hook.
+_RACE_REASONS = (
+    "fetch first", "non-fast-forward", "stale info", "cannot lock ref", "failed to update ref",
+    "atomic push fail", "atomic transaction failed", "incorrect old value", "already exists",
+)  # fmt: skip
+
+
 class PushRejected(Exception):
     """The remote refused the push because a ref moved under us; retry after a fetch."""
+
+
+class PushRefused(Exception):
+    """The server refused updates for reasons of its own (protection, ruleset, hook):
+    not a race, so retrying at once cannot help. ``refused`` maps each refused ref to
+    git's reason; ``said`` is what the server printed (``remote:`` lines)."""
+
+    def __init__(self, refused: dict[str, str], said: str) -> None:
+        super().__init__(", ".join(f"{ref} ({why})" for ref, why in refused.items()))
+        self.refused, self.said = refused, said
 
 
 @dataclass(frozen=True)
@@ -187,10 +206,38 @@ def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Cr
     status, out, err = _network(git_dir, [*args, url, *specs], url, creds)
     if status == 0:
         return
+    refused = {
+        ref: reason
+        for ref, kind, reason in _statuses(out)
+        if kind == "[remote rejected]" and not any(r in reason for r in _RACE_REASONS)
+    }
+    if refused:
+        raise PushRefused(refused, _server_said(err))
     text = (out + "\n" + err).lower()
     if any(sign in text for sign in _REJECT_SIGNS):
         raise PushRejected(_rejection(out + "\n" + err))
     raise _failure(url, "push", err)
+
+
+def _statuses(porcelain: str) -> list[tuple[str, str, str]]:
+    """(destination ref, "[rejected]" or "[remote rejected]", reason) of each ref that
+    ``git push --porcelain`` reports as not updated."""
+    out = []
+    for line in porcelain.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or parts[0] != "!":
+            continue
+        kind, _, reason = parts[2].partition(" (")
+        out.append((parts[1].rpartition(":")[2], kind.strip(), reason.rstrip(")")))
+    return out
+
+
+def _server_said(stderr: str) -> str:
+    """What the server printed, on one line (``remote: ...``, at most 500 characters)."""
+    lines = (ln.strip() for ln in stderr.splitlines())
+    said = [ln[7:].strip() for ln in lines if ln.startswith("remote:")]
+    said = [s for s in said if s and not s.startswith("error: hook declined to update")]
+    return " / ".join(said)[:500]
 
 
 def _rejection(text: str) -> str:
