@@ -8,8 +8,10 @@ turn a feature off. The rest of GitMQ never sees a raw dict.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -18,6 +20,7 @@ from gitmq import names
 from gitmq.config_section import Section
 from gitmq.deadletter import dead_letter_queue
 from gitmq.errors import ConfigError, GitMQError
+from gitmq.handlers import check_program, python_handler
 from gitmq.message import Identity
 from gitmq.producer import DEFAULT_MAX_PAYLOAD
 from gitmq.retry import RetryPolicy
@@ -124,14 +127,48 @@ def load(path: str | Path) -> NodeConfig:
         raise ConfigError(f"config file {file} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {file} is not UTF-8 text (byte {exc.start} is 0x{_byte(exc)}); "
+            f"save it as UTF-8"
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{file}:{where}: not valid YAML: {problem}") from None
     return _node(Section(file, "", data), file.parent.absolute())
+
+
+def _byte(exc: UnicodeDecodeError) -> str:
+    return f"{exc.object[exc.start]:02x}"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in a mapping is an error
+    (plain YAML keeps the last: a second consumer of the same name would silently
+    replace the first)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if isinstance(key, Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"the key {key!r} is given twice (first on line {seen[key] + 1}); keep one of them",
+                key_node.start_mark,
+            )
+        if isinstance(key, Hashable):
+            seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
 def _node(top: Section, base: Path) -> NodeConfig:
@@ -192,8 +229,38 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         raise sec.error(None, secret)
     if _has_password(remote.url):
         raise sec.error("url", secret)  # never echo the url: it holds the secret
+    problem = _url_problem(remote.url)
+    if problem:
+        raise sec.error(
+            "url",
+            f"{remote.url!r} {problem}; use https://, http://, ssh://, git://, file://, "
+            f"host:path or a local path",
+        )
+    if remote.timeout <= 0:
+        raise sec.error("timeout", "must be more than 0 (the default is 60s)")
     sec.done()
     return remote
+
+
+_URL_SCHEMES = ("https", "http", "ssh", "git", "file")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why git must not be given ``url``, or None. Refused: what git would read as an
+    option, and transports that run commands (``ext::``) or name descriptors."""
+    if url.startswith("-"):
+        return "starts with '-', which git would read as an option"
+    if any(c in url for c in "\n\r\x00"):
+        return "contains a control character"
+    scheme, sep, _ = url.partition("://")
+    if sep:
+        if scheme.lower() not in _URL_SCHEMES:
+            return f"uses the transport {scheme!r}, which GitMQ does not accept"
+        return None
+    transport, sep, _ = url.partition("::")
+    if sep and "/" not in transport:
+        return f"uses git's {transport + '::'!r} transport, which runs commands"
+    return None
 
 
 def _has_password(url: str) -> bool:
@@ -292,6 +359,25 @@ def _consumer(name: str, sec: Section, queues: dict[str, QueueConfig]) -> Consum
     )
     sec.done()
     return consumer
+
+
+def check_handlers(config: NodeConfig) -> None:
+    """Refuse a consumer whose handler cannot run (a program that is not there, a
+    Python function that does not import): at ``gitmq node`` start and in ``config
+    check``, never as a queue's worth of dead letters."""
+    for consumer in config.consumers.values():
+        handler = consumer.handler
+        key = "command" if handler.command else "python"
+        try:
+            if handler.command:
+                check_program(handler.command[0])
+            else:
+                assert handler.python is not None
+                python_handler(handler.python)
+        except GitMQError as exc:
+            raise ConfigError(
+                f"{config.file}: consumers.{consumer.name}.handler.{key}: {exc.message}"
+            ) from None
 
 
 def _handler(sec: Section) -> HandlerConfig:

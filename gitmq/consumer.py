@@ -80,6 +80,11 @@ class Consumer:
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.retry = retry or RetryPolicy()
         self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
+        if self.dead_letters.name == self.branch:
+            raise UsageError(
+                f"consumer {name!r} cannot use its own queue {branch!r} as its dead-letter "
+                f"queue (a failing message would come back for ever); name another one"
+            )
         self.poll_interval = poll_interval
         self.delivered = 0
         self.last_error: str | None = None

@@ -46,8 +46,12 @@ class GitCommandError(StorageError):
         self.stdout = stdout
         self.stderr = stderr
         shown = " ".join(argv)
-        detail = stderr.strip() or stdout.strip() or "(no output)"
-        super().__init__(f"git command failed (exit {status}): {shown}\n{detail}")
+        said = [ln.strip() for ln in (stderr or stdout).splitlines() if ln.strip()]
+        # One line: git's "fatal:" or "error:" line, else its last; all of it is in
+        # .stderr (and in the debug log, gitcli.run).
+        detail = next((ln for ln in said if ln.startswith(("fatal:", "error:"))), None)
+        detail = detail or (said[-1] if said else "(no output)")
+        super().__init__(f"git command failed (exit {status}): {shown}: {detail}")
 
 
 class RefConflictError(StorageError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,13 @@ def message_env(message: Message, queue: str, consumer: str) -> dict[str, str]:
         "GITMQ_TIME": message.time.isoformat(),
     }
     for name, value in message.headers.items():
-        env["GITMQ_HEADER_" + _ENV_SAFE.sub("_", name).upper()] = value
+        env[header_variable(name)] = value
     return env
+
+
+def header_variable(name: str) -> str:
+    """The environment variable that carries header ``name`` to a command."""
+    return "GITMQ_HEADER_" + _ENV_SAFE.sub("_", name).upper()
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,19 @@ def command_handler(
 ) -> CommandHandler:
     if not argv or not argv[0]:
         raise UsageError("a handler command needs at least a program name")
+    check_program(argv[0])
     return CommandHandler(tuple(argv), queue, consumer, timeout)
+
+
+def check_program(program: str) -> None:
+    """Refuse a handler program that cannot run: every message would fail on it and
+    go to the dead-letter queue."""
+    if shutil.which(program) is None:
+        where = "" if "/" in program else " on PATH"
+        raise UsageError(
+            f"handler command {program!r} is not an executable file{where}; install it or "
+            f"fix the name (nothing was consumed)"
+        )
 
 
 def python_handler(spec: str) -> Callable[[Message], object]:

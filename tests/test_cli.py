@@ -264,14 +264,17 @@ def test_consume_exec_exit_status_acks_or_dead_letters(
     assert "moved to dead-letter queue orders.dlq after 2 attempts" in result.err
 
 
-def test_consume_exec_of_a_missing_program_dead_letters(path: Path) -> None:
+def test_consume_exec_of_a_missing_program_is_refused_before_anything_is_consumed(
+    path: Path,
+) -> None:
     publish(path, "x")
-    ok(gitmq("consume", "--drain", "--max-attempts", "1", "--exec", "no-such-program-gitmq",
-             path, "orders", "c"))  # fmt: skip
-    [dead] = messages(path, "orders.dlq")
-    assert dead.headers["dead-letter-error"] == (
-        "HandlerFailed: handler command 'no-such-program-gitmq' not found"
+    fails(
+        gitmq("consume", "--drain", "--exec", "no-such-program-gitmq", path, "orders", "c"),
+        2,
+        "handler command 'no-such-program-gitmq' is not an executable file on PATH; install "
+        "it or fix the name (nothing was consumed)",
     )
+    assert messages(path, "orders.dlq") == [] and rev_parse(path, "refs/tags/c") is None
 
 
 def test_consume_runs_until_sigterm_and_prints_messages_as_they_arrive(path: Path) -> None:
@@ -454,7 +457,8 @@ def test_seek_errors_change_nothing(path: Path) -> None:
     fails(
         gitmq("seek", path, "nope", "billing", "end"),
         4,
-        "queue 'nope' does not exist yet; nothing to seek in",
+        f"queue 'nope' does not exist in {path}; check the name ('gitmq status {path}' "
+        f"lists the queues); nothing was changed",
     )
     assert snapshot(path) == before
 

@@ -51,7 +51,8 @@ def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setenv(name, value)
     loaded = config.load(path)
     assert loaded.queues and loaded.consumers and loaded.remotes
-    result = ok(gitmq("config", "check", path))
+    # The example's handler programs are illustrations (/usr/local/bin/bill).
+    result = ok(gitmq("config", "check", "--skip-handlers", path))
     assert result.out == (
         f"{path}: ok (node {loaded.name}: {len(loaded.queues)} queues, "
         f"{len(loaded.consumers)} consumers, {len(loaded.remotes)} remotes)\n"
@@ -234,6 +235,54 @@ BAD = {
         BASE.replace("  name: n1\n", "  name: n1\n    colour: red\n"),
         "node.yml: line 3 column 11: not valid YAML: mapping values are not allowed here",
     ),
+    "url read as an option": (
+        BASE.replace("git://127.0.0.1:9/queues.git", "'--upload-pack=touch /tmp/pwned'"),
+        "node.yml: remotes.origin.url: '--upload-pack=touch /tmp/pwned' starts with '-', which "
+        "git would read as an option; use https://, http://, ssh://, git://, file://, host:path "
+        "or a local path",
+    ),
+    "url with a command transport": (
+        BASE.replace("git://127.0.0.1:9/queues.git", "'ext::sh -c touch% /tmp/pwned'"),
+        "node.yml: remotes.origin.url: 'ext::sh -c touch% /tmp/pwned' uses git's 'ext::' "
+        "transport, which runs commands; use https://, http://, ssh://, git://, file://, "
+        "host:path or a local path",
+    ),
+    "url with an unknown scheme": (
+        BASE.replace("git://127.0.0.1:9/queues.git", "gopher://example.com/q.git"),
+        "node.yml: remotes.origin.url: 'gopher://example.com/q.git' uses the transport "
+        "'gopher', which GitMQ does not accept; use https://, http://, ssh://, git://, "
+        "file://, host:path or a local path",
+    ),
+    "zero remote timeout": (
+        BASE.replace("url: git://127.0.0.1:9/queues.git", "url: x:q.git\n    timeout: 0"),
+        "node.yml: remotes.origin.timeout: must be more than 0 (the default is 60s)",
+    ),
+    "a consumer given twice": (
+        BASE + "  billing:\n    queue: orders\n    handler:\n      command: [/bin/false]\n",
+        "node.yml: line 16 column 3: not valid YAML: the key 'billing' is given twice (first "
+        "on line 12); keep one of them",
+    ),
+    "handler program missing": (
+        BASE.replace("command: [/bin/true]", "command: [/nonexistent/handler, -v]"),
+        "node.yml: consumers.billing.handler.command: handler command '/nonexistent/handler' "
+        "is not an executable file; install it or fix the name (nothing was consumed)",
+    ),
+    "handler program not on PATH": (
+        BASE.replace("command: [/bin/true]", "command: [no-such-handler-program]"),
+        "node.yml: consumers.billing.handler.command: handler command "
+        "'no-such-handler-program' is not an executable file on PATH; install it or fix the "
+        "name (nothing was consumed)",
+    ),
+    "python handler module missing": (
+        BASE.replace("command: [/bin/true]", "python: no_such_module_xyz:run"),
+        "node.yml: consumers.billing.handler.python: python handler 'no_such_module_xyz:run': "
+        "cannot import 'no_such_module_xyz': No module named 'no_such_module_xyz'",
+    ),
+    "python handler function missing": (
+        BASE.replace("command: [/bin/true]", "python: gitmq.demo:no_such_function"),
+        "node.yml: consumers.billing.handler.python: python handler "
+        "'gitmq.demo:no_such_function': gitmq.demo has no function 'no_such_function'",
+    ),
     "not a mapping": (
         BASE.replace("  origin:\n    url: git://127.0.0.1:9/queues.git\n", "  - origin\n"),
         "node.yml: remotes: expected a mapping, found list",
@@ -246,6 +295,23 @@ def test_a_bad_config_gives_one_exact_error_line(case: str, tmp_path: Path) -> N
     text, error = BAD[case]
     (tmp_path / "node.yml").write_text(text)
     fails(gitmq("config", "check", "node.yml", cwd=tmp_path), 5, error)
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    (tmp_path / "node.yml").write_bytes(BASE.replace("n1", "n\xe9").encode("latin-1"))
+    fails(
+        gitmq("config", "check", "node.yml", cwd=tmp_path),
+        5,
+        "config file node.yml is not UTF-8 text (byte 15 is 0xe9); save it as UTF-8",
+    )
+
+
+def test_config_check_can_leave_the_handlers_to_the_node(tmp_path: Path) -> None:
+    text, error = BAD["handler program missing"]
+    (tmp_path / "node.yml").write_text(text)
+    assert ok(gitmq("config", "check", "--skip-handlers", "node.yml", cwd=tmp_path)).out
+    fails(gitmq("node", "--config", "node.yml", "--once", cwd=tmp_path), 5, error)
+    assert not (tmp_path / "storage.git").exists()  # refused before anything was made
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

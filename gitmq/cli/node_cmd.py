@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser("check", help="validate a config file without running anything")
     c.add_argument("file", help="the YAML config")
+    c.add_argument(
+        "--skip-handlers",
+        action="store_true",
+        help="do not check that handler programs and Python functions exist "
+        "(they are installed after the config, as by deploy/)",
+    )
     c.set_defaults(func=cmd_config_check)
 
 
@@ -36,6 +42,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_format, args.log_level)
     config = node_config.load(args.config)
+    node_config.check_handlers(config)
     if not args.once:
         cap_malloc_arenas()
     stop = SignalStop()
@@ -61,6 +68,8 @@ def cap_malloc_arenas() -> None:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = node_config.load(args.file)
+    if not args.skip_handlers:
+        node_config.check_handlers(config)
     print(
         f"{args.file}: ok (node {config.name}: {len(config.queues)} queues, "
         f"{len(config.consumers)} consumers, {len(config.remotes)} remotes)"

@@ -15,7 +15,7 @@ from gitmq import names
 from gitmq.cli.signals import SignalStop
 from gitmq.consumer import Consumer
 from gitmq.errors import NotFoundError, UsageError
-from gitmq.handlers import command_handler
+from gitmq.handlers import command_handler, header_variable
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer, default_identity
 from gitmq.retry import RetryPolicy
@@ -89,11 +89,20 @@ def parse_identity(text: str | None) -> Identity:
 
 def parse_headers(items: list[str]) -> dict[str, str]:
     headers: dict[str, str] = {}
+    variables: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"invalid --header {item!r}: use NAME=VALUE")
-        headers[key] = value
+        if key in headers:
+            raise UsageError(f"--header {key!r} is given twice; give each header once")
+        variable = header_variable(key)
+        if variable in variables:
+            raise UsageError(
+                f"--header {variables[variable]!r} and {key!r} would both reach --exec "
+                f"handlers as {variable}; rename one"
+            )
+        headers[key], variables[variable] = value, key
     return headers
 
 
@@ -121,6 +130,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     names.check_queue(args.queue)
     names.check_consumer(args.consumer)
     with Storage(args.path) as storage:
+        storage.require_writable()  # before a message is delivered that cannot be acked
         consumer = Consumer(
             storage,
             args.consumer,
@@ -129,15 +139,25 @@ def cmd_consume(args: argparse.Namespace) -> int:
             dead_letter=args.dead_letter,
         )
         handler: Callable[[Message], object]
-        if args.exec_cmd:
-            argv = shlex.split(args.exec_cmd)
-            handler = command_handler(argv, args.queue, args.consumer)
+        if args.exec_cmd is not None:
+            handler = command_handler(_exec_argv(args.exec_cmd), args.queue, args.consumer)
         else:
             handler = _Printer(consumer, args.json)
         code = run_consumer(consumer, handler, drain=args.drain)
     if isinstance(handler, _Printer) and handler.closed:
         raise BrokenPipeError  # the reader went away: the CLI edge ends quietly
     return code
+
+
+def _exec_argv(command: str) -> list[str]:
+    """``--exec CMD`` split as a shell would, without running one."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError(f"--exec {command!r} cannot be split into words: {exc}") from None
+    if not argv:
+        raise UsageError("--exec needs a command (it was empty); leave --exec out to print")
+    return argv
 
 
 def run_consumer(consumer: Consumer, handler: Callable[[Message], object], drain: bool) -> int:
@@ -242,6 +262,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_seek(args: argparse.Namespace) -> int:
     with Storage(args.path, create=False) as storage:
         consumer = Consumer(storage, args.consumer, args.queue)
+        if consumer.source.tip() is None and storage.read_ref(names.queue_ref(args.queue)) is None:
+            raise NotFoundError(
+                f"queue {args.queue!r} does not exist in {storage.path}; check the name "
+                f"('gitmq status {args.path}' lists the queues); nothing was changed"
+            )
         value = consumer.seek(args.target)
     shown = value[:12] if value else "the beginning"
     print(f"consumer {args.consumer} now at {shown}")

@@ -9,12 +9,15 @@ off the publish path (see ``docs/operations.md``).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gitmq.errors import GitCommandError, RemoteError, StorageError
+
+log = logging.getLogger("gitmq.git")
 
 # Variables of the caller's environment that git may still use. Everything
 # else that starts with GIT_ is dropped.
@@ -85,6 +88,7 @@ def run(
             raise RemoteError(f"git {shown} timed out after {timeout:g}s") from exc
         raise GitCommandError(shown_args(argv), -1, "", f"timed out after {timeout:g}s") from exc
     if check and proc.returncode != 0:
+        log.debug("git %s exited %d: %s", args[:1], proc.returncode, proc.stderr[-4000:])
         raise GitCommandError(
             ["git", *shown_args(args)],
             proc.returncode,
@@ -95,7 +99,8 @@ def run(
 
 
 def shown_args(args: Sequence[str]) -> list[str]:
-    """Arguments safe to print: drop the ``-c`` overrides we add ourselves."""
+    """Arguments worth printing: without the ``-c`` overrides and ``--end-of-options``
+    we add ourselves."""
     out: list[str] = []
     skip = False
     for a in args:
@@ -105,5 +110,6 @@ def shown_args(args: Sequence[str]) -> list[str]:
         if a == "-c":
             skip = True
             continue
-        out.append(a)
+        if a != "--end-of-options":
+            out.append(a)
     return out

@@ -44,9 +44,11 @@ class _Handles:
     """One thread's descriptors on the two lock files, and its nesting depth."""
 
     def __init__(self, git_dir: Path) -> None:
-        self.gate = os.open(git_dir / GATE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self.guard = os.open(git_dir / GUARD_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.gate = self.guard = -1  # so that close() works if an open below fails
         self.depth = 0
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self.gate = os.open(git_dir / GATE_NAME, flags, 0o644)
+        self.guard = os.open(git_dir / GUARD_NAME, flags, 0o644)
 
     def close(self) -> None:
         for fd in (self.gate, self.guard):

@@ -139,7 +139,9 @@ def _failure(url: str, what: str, stderr: str) -> RemoteError:
 
 def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
     """Every branch and tag on the remote with the commit it points at."""
-    status, out, err = _network(git_dir, ["ls-remote", "--refs", url], url, creds)
+    status, out, err = _network(
+        git_dir, ["ls-remote", "--refs", "--end-of-options", url], url, creds
+    )
     if status != 0:
         raise _failure(url, "listing refs", err)
     refs: dict[str, str] = {}
@@ -169,7 +171,7 @@ def fetch(
     _clear_stale_locks(git_dir, refspecs)
     args = ["fetch", "--no-tags", "--no-write-fetch-head", "--quiet"]
     args += [f"--negotiation-tip={sha}" for sha in known]
-    args += [url, *refspecs]
+    args += ["--end-of-options", url, *refspecs]
     status, _, err = _network(git_dir, args, url, creds)
     if status != 0:
         raise _failure(url, "fetch", err)
@@ -203,7 +205,7 @@ def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Cr
         else:  # no '+': a forced refspec makes git ignore the lease on that ref
             args.append(f"--force-with-lease={update.ref}:{update.lease}")
             specs.append(f"{update.sha}:{update.ref}")
-    status, out, err = _network(git_dir, [*args, url, *specs], url, creds)
+    status, out, err = _network(git_dir, [*args, "--end-of-options", url, *specs], url, creds)
     if status == 0:
         return
     refused = {

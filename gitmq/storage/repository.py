@@ -11,6 +11,7 @@ walks of history use ``git rev-list``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -21,9 +22,10 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from gitmq import message as fmt
-from gitmq.errors import GitCommandError, GitMQError, StorageError
+from gitmq.errors import GitCommandError, GitMQError, StorageError, UsageError
 from gitmq.message import Draft, Identity, Message
 from gitmq.storage import gitcli, history, objects, orphans, packing
 from gitmq.storage.guard import ReachabilityGuard
@@ -39,6 +41,49 @@ REPACK_AFTER_PACKS = 8
 CLOSE_REPACK_MIN = 100
 #: The most ``close`` waits for a running repack before deleting replaced copies.
 CLOSE_DISCARD_WAIT = 30.0
+
+
+_BRANCHES = ("refs/heads/", "refs/remotes/")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_DISK_ADVICE = {
+    errno.ENOSPC: "free space on that disk and try again",
+    errno.EDQUOT: "raise the disk quota or free space and try again",
+    errno.EROFS: "a storage on a read-only file system can only be read (log, status)",
+    errno.EACCES: "run as the storage's owner or fix its permissions",
+    errno.EPERM: "run as the storage's owner or fix its permissions",
+}
+
+
+def disk_error(path: Path, exc: OSError) -> StorageError | None:
+    """The one-line error for a write to storage ``path`` that the file system refused
+    (full, read-only, no permission), or None for any other failure."""
+    advice = _DISK_ADVICE.get(exc.errno or 0)
+    if advice is None:
+        return None
+    return StorageError(
+        f"{(exc.strerror or 'error').lower()} writing to {path}; {advice} "
+        f"(nothing was half-written)"
+    )
+
+
+_Method = Callable[Concatenate["Storage", _P], _R]
+
+
+def _writes(method: _Method[_P, _R]) -> _Method[_P, _R]:
+    """A method that writes to the storage: a refused write is a StorageError."""
+
+    def wrapper(self: Storage, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            error = disk_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    wrapper.__doc__, wrapper.__name__ = method.__doc__, method.__name__
+    return wrapper
 
 
 class Storage:
@@ -58,7 +103,28 @@ class Storage:
         self._repack: subprocess.Popen[bytes] | None = None
         self._tips: dict[str, str] = {}  # branch tips known to be commits
         self._upstreams: dict[str, str] | None = None
-        objects.write_loose(self.objects_dir, objects.OBJ_TREE, b"")  # the empty tree
+        self._write_empty_tree()
+
+    def require_writable(self) -> None:
+        """Refuse, before anything is done, a storage this process cannot write to
+        (commands that move tags or publish; reading needs no write access)."""
+        if os.access(self.git_dir / "refs", os.W_OK):
+            return
+        read_only = os.statvfs(self.git_dir).f_flag & os.ST_RDONLY
+        code = errno.EROFS if read_only else errno.EACCES
+        error = disk_error(self.path, OSError(code, os.strerror(code)))
+        assert error is not None
+        raise error
+
+    def _write_empty_tree(self) -> None:
+        """Messages name the empty tree; reading needs no write (a read-only storage)."""
+        if (self.objects_dir / fmt.EMPTY_TREE[:2] / fmt.EMPTY_TREE[2:]).exists():
+            return
+        try:
+            objects.write_loose(self.objects_dir, objects.OBJ_TREE, b"")
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise disk_error(self.path, exc) or exc from exc
 
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
@@ -93,6 +159,7 @@ class Storage:
 
     # ----------------------------------------------------------------- writing
 
+    @_writes
     def append(
         self,
         ref: str,
@@ -106,6 +173,12 @@ class Storage:
         the value the branch has when it moves: concurrent producers, in any
         process, serialise here and never lose or fork a message.
         """
+        if ref == self._checked_out():
+            raise UsageError(
+                f"queue {ref.removeprefix('refs/heads/')!r} is the branch checked out in the "
+                f"work tree {self.path}; publishing to it would leave that work tree behind. "
+                f"Use a bare storage or another queue"
+            )
         with self.guard.writing(), self.refs.locked(ref) as lock:
             stamp = now()
             parent = lock.current
@@ -125,6 +198,16 @@ class Storage:
             self._tips[ref] = parent
         return out
 
+    def _checked_out(self) -> str | None:
+        """The branch a non-bare storage's work tree has checked out (None when bare)."""
+        if self.git_dir == self.path:
+            return None
+        with contextlib.suppress(OSError):
+            head = (self.git_dir / "HEAD").read_text("utf-8", "replace").strip()
+            if head.startswith("ref: "):
+                return head[5:]
+        return None
+
     def _check_tip(self, ref: str, tip: str) -> None:
         """Refuse to build on a tip that is not a commit here (a ref left by a crash
         or a partial copy): the new messages would hang off nothing, for good."""
@@ -136,6 +219,7 @@ class Storage:
                 f"restore it from the remote or point it at a commit with 'git update-ref'"
             ) from exc
 
+    @_writes
     def write_commits(self, bodies: Sequence[bytes]) -> list[str]:
         """Store raw commit bodies (sync's re-parented messages); return their ids.
 
@@ -149,6 +233,7 @@ class Storage:
         object to the ref update that names it. Nests; cheap (a few system calls)."""
         return self.guard.writing()
 
+    @_writes
     def rewrite_branch(
         self, ref: str, build: Callable[[str | None], tuple[Sequence[bytes], str | None]]
     ) -> str | None:
@@ -258,20 +343,36 @@ class Storage:
     # ------------------------------------------------------------------- refs
 
     def read_ref(self, ref: str) -> str | None:
-        return self.refs.read(ref)
+        """The commit ``ref`` names; a queue branch (or its tracking ref) that names
+        anything but a commit is refused, not read as an empty queue."""
+        value = self.refs.read(ref)
+        if value is not None:
+            self._check_branch(ref, value)
+        return value
 
+    def _check_branch(self, ref: str, value: str) -> None:
+        if ref.startswith(_BRANCHES) and self._tips.get(ref) != value:
+            self._check_tip(ref, value)
+            self._tips[ref] = value
+
+    @_writes
     def compare_and_swap(self, ref: str, new: str, old: str | None) -> bool:
         """Move ``ref`` from ``old`` (None: absent) to ``new``; False if it moved."""
         with self.guard.writing():
             return self.refs.compare_and_swap(ref, new, old)
 
+    @_writes
     def delete_ref(self, ref: str, old: str) -> bool:
         """Delete ``ref`` if it still points at ``old`` (loose and packed)."""
         proc = gitcli.run(self.git_dir, ["update-ref", "-d", ref, old], check=False)
         return proc.returncode == 0
 
     def list_refs(self, prefix: str) -> dict[str, str]:
-        return self.refs.list(prefix)
+        """Every ref under ``prefix``; queue branches are checked as by ``read_ref``."""
+        found = self.refs.list(prefix)
+        for ref, value in found.items():
+            self._check_branch(ref, value)
+        return found
 
     def tips(self) -> set[str]:
         """Every object a ref or a detached HEAD names (what keeps history alive)."""
@@ -285,7 +386,10 @@ class Storage:
     def list_refs_in(self, directory: str, name_prefix: str = "") -> dict[str, str]:
         """The refs directly in ``directory`` (e.g. ``refs/heads/``), not below it,
         whose names start with ``name_prefix``."""
-        return self.refs.list_in(directory, name_prefix)
+        found = self.refs.list_in(directory, name_prefix)
+        for ref, value in found.items():
+            self._check_branch(ref, value)
+        return found
 
     # ---------------------------------------------------------------- reading
 

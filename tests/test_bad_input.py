@@ -1,0 +1,339 @@
+"""Bad input at the command line (issue 9): one exact line, the documented exit code,
+and nothing changed.
+
+Each case runs one ``gitmq`` command, as a user would, against a fresh storage
+``s.git`` (queue ``orders`` with two messages, consumer ``c`` after the first)
+and checks the exact first line of stderr, the exit code, and that the
+storage's refs and objects are as before (``git fsck`` clean). Config files
+have their own table in ``tests/test_config.py``; a full disk and a read-only
+storage need a mount and have their own tests below.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from util import git, gitmq, ok, rev_parse
+
+SETUPS: dict[str, Callable[[Path], None]] = {}
+
+
+def setup(func: Callable[[Path], None]) -> Callable[[Path], None]:
+    SETUPS[func.__name__] = func
+    return func
+
+
+@setup
+def blob_queue(tmp: Path) -> None:
+    """The queue ref names a blob (a hand edit, a bad copy)."""
+    blob = git(tmp / "s.git", "hash-object", "-w", "--stdin", input=b"not a commit\n")
+    (tmp / "s.git" / "refs" / "heads" / "orders").write_text(blob.decode())
+
+
+@setup
+def work_tree(tmp: Path) -> None:
+    """A non-bare repository with 'main' checked out."""
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp / "wt")], check=True)
+
+
+@setup
+def a_file(tmp: Path) -> None:
+    (tmp / "file").write_text("not a storage\n")
+    (tmp / "full").mkdir()
+    (tmp / "full" / "x").write_text("something\n")
+
+
+@dataclass(frozen=True)
+class Bad:
+    argv: tuple[str, ...]  # after 'gitmq'; {s} is the storage, {t} the test's folder
+    status: int
+    error: str  # the first stderr line after 'error: ', with {s} and {t}
+    setup: str | None = None
+    stdin: bytes | None = None
+    fsck: bool = True  # False where the setup itself breaks the repository
+
+
+S = "{s}"
+NOT_ON_PATH = "is not an executable file on PATH; install it or fix the name (nothing was consumed)"
+CASES: dict[str, Bad] = {
+    # -- names
+    "publish to an invalid queue": Bad(
+        ("publish", S, "a..b", "x"), 2, "invalid queue name 'a..b': it contains '..' or '@{'"
+    ),
+    "publish to a queue that is an option": Bad(
+        ("publish", S, "--", "-rf", "x"),
+        2,
+        "invalid queue name '-rf': it starts with '-'",
+    ),
+    "consume with an invalid consumer": Bad(
+        ("consume", "--drain", S, "orders", "a b"),
+        2,
+        "invalid consumer name 'a b': it contains a space, a control character or one of "
+        "~ ^ : ? * [ \\",
+    ),
+    "log of a queue named HEAD": Bad(
+        ("log", S, "HEAD"), 2, "invalid queue name 'HEAD': it is reserved by git"
+    ),
+    # -- headers and authors
+    "a header without a value": Bad(
+        ("publish", "--header", "novalue", S, "orders", "x"),
+        2,
+        "invalid --header 'novalue': use NAME=VALUE",
+    ),
+    "a header given twice": Bad(
+        ("publish", "--header", "k=1", "--header", "k=2", S, "orders", "x"),
+        2,
+        "--header 'k' is given twice; give each header once",
+    ),
+    "two headers for one variable": Bad(
+        ("publish", "--header", "a.b=1", "--header", "a-b=2", S, "orders", "x"),
+        2,
+        "--header 'a.b' and 'a-b' would both reach --exec handlers as GITMQ_HEADER_A_B; rename one",
+    ),
+    "an invalid header name": Bad(
+        ("publish", "--header", "bad name=1", S, "orders", "x"),
+        2,
+        "invalid header name 'bad name': use letters, digits, '.', '_' and '-'",
+    ),
+    "an author without an email": Bad(
+        ("publish", "--author", "Ann", S, "orders", "x"),
+        2,
+        "invalid --author 'Ann': use 'Name <email>'",
+    ),
+    "a payload over the limit": Bad(
+        ("publish", "--max-payload", "3", S, "orders", "four"),
+        2,
+        "payload of 4 bytes is over the limit of 3 bytes for queue 'orders'; nothing was "
+        "published (raise max_payload or store large data elsewhere and publish a reference)",
+    ),
+    # -- consume
+    "an empty --exec": Bad(
+        ("consume", "--drain", "--exec", "", S, "orders", "c"),
+        2,
+        "--exec needs a command (it was empty); leave --exec out to print",
+    ),
+    "an --exec with an open quote": Bad(
+        ("consume", "--drain", "--exec", "echo 'hi", S, "orders", "c"),
+        2,
+        '--exec "echo \'hi" cannot be split into words: No closing quotation',
+    ),
+    "an --exec program that does not exist": Bad(
+        ("consume", "--drain", "--exec", "/nonexistent/handler", S, "orders", "c"),
+        2,
+        "handler command '/nonexistent/handler' is not an executable file; install it or fix "
+        "the name (nothing was consumed)",
+    ),
+    "an --exec program not on PATH": Bad(
+        ("consume", "--drain", "--exec", "no-such-gitmq-handler --flag", S, "orders", "c"),
+        2,
+        f"handler command 'no-such-gitmq-handler' {NOT_ON_PATH}",
+    ),
+    "dead letters onto the queue itself": Bad(
+        ("consume", "--drain", "--dead-letter", "orders", "--exec", "false", S, "orders", "c"),
+        2,
+        "consumer 'c' cannot use its own queue 'orders' as its dead-letter queue (a failing "
+        "message would come back for ever); name another one",
+    ),
+    "an invalid dead-letter queue": Bad(
+        ("consume", "--drain", "--dead-letter", "x..y", S, "orders", "c"),
+        2,
+        "invalid queue name 'x..y': it contains '..' or '@{'",
+    ),
+    # -- seek
+    "seek on a queue that does not exist": Bad(
+        ("seek", S, "ordres", "c", "beginning"),
+        4,
+        "queue 'ordres' does not exist in {s}; check the name ('gitmq status {s}' lists the "
+        "queues); nothing was changed",
+    ),
+    "seek to an id that is not there": Bad(
+        ("seek", S, "orders", "c", "01a00000-0000-7000-8000-000000000000"),
+        4,
+        "no message '01a00000-0000-7000-8000-000000000000' on queue 'orders'; give a message "
+        "id, a commit id, an ISO time, 'beginning' or 'end'",
+    ),
+    "seek to a time without a zone": Bad(
+        ("seek", S, "orders", "c", "2024-05-01T12:00:00"),
+        2,
+        "time '2024-05-01T12:00:00' has no time zone; add one, e.g. 2024-05-01T12:00:00+00:00",
+    ),
+    # -- storages
+    "log of a queue that does not exist": Bad(
+        ("log", S, "nosuch"), 4, "queue 'nosuch' does not exist in {s}"
+    ),
+    "status of a storage that does not exist": Bad(
+        ("status", "{t}/missing.git"),
+        3,
+        "no storage at {t}/missing.git; create it first (gitmq creates it on publish)",
+    ),
+    "publish into a file": Bad(
+        ("publish", "{t}/file", "orders", "x"),
+        3,
+        "storage path {t}/file is a file, not a directory; choose another path",
+        setup="a_file",
+    ),
+    "publish into a folder that is not a storage": Bad(
+        ("publish", "{t}/full", "orders", "x"),
+        3,
+        "storage path {t}/full is not a git repository and not empty; point at a GitMQ "
+        "storage, an empty directory or a new path",
+        setup="a_file",
+    ),
+    "a queue ref that names a blob: log": Bad(
+        ("log", S, "orders"),
+        3,
+        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
+        "from the remote or point it at a commit with 'git update-ref'",
+        setup="blob_queue",
+        fsck=False,
+    ),
+    "a queue ref that names a blob: consume": Bad(
+        ("consume", "--drain", S, "orders", "c"),
+        3,
+        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
+        "from the remote or point it at a commit with 'git update-ref'",
+        setup="blob_queue",
+        fsck=False,
+    ),
+    "a queue ref that names a blob: seek end": Bad(
+        ("seek", S, "orders", "c", "end"),
+        3,
+        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
+        "from the remote or point it at a commit with 'git update-ref'",
+        setup="blob_queue",
+        fsck=False,
+    ),
+    "a queue ref that names a blob: status": Bad(
+        ("status", S),
+        3,
+        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
+        "from the remote or point it at a commit with 'git update-ref'",
+        setup="blob_queue",
+        fsck=False,
+    ),
+    "publish onto a checked-out branch": Bad(
+        ("publish", "{t}/wt", "main", "x"),
+        2,
+        "queue 'main' is the branch checked out in the work tree {t}/wt; publishing to it "
+        "would leave that work tree behind. Use a bare storage or another queue",
+        setup="work_tree",
+    ),
+    # -- node commands
+    "repair with a config that does not exist": Bad(
+        ("repair", "--config", "{t}/none.yml", "orders", "--restore"),
+        5,
+        "config file {t}/none.yml does not exist",
+    ),
+    "prune with a config that does not exist": Bad(
+        ("prune", "--config", "{t}/none.yml"), 5, "config file {t}/none.yml does not exist"
+    ),
+}
+
+
+def state(tmp: Path) -> tuple[str, str]:
+    """Every ref and object of the storage (what a bad command must not change)."""
+    storage = tmp / "s.git"
+    refs = git(storage, "for-each-ref", "--format=%(refname) %(objectname)").decode()
+    objects = git(storage, "count-objects", "-v").decode()
+    return refs, "\n".join(ln for ln in objects.splitlines() if not ln.startswith("size"))
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    storage = tmp_path / "s.git"
+    ok(gitmq("publish", storage, "orders", "one"))
+    ok(gitmq("publish", storage, "orders", "two"))
+    first = git(storage, "rev-list", "--reverse", "orders").decode().split()[0]
+    git(storage, "update-ref", "refs/tags/c", first)
+    yield tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_one_exact_line_and_changes_nothing(tmp: Path, case: str) -> None:
+    bad = CASES[case]
+    if bad.setup:
+        SETUPS[bad.setup](tmp)
+    before = state(tmp)
+    blob = rev_parse(tmp / "s.git", "refs/heads/orders") or ""
+    fill = {"{s}": str(tmp / "s.git"), "{t}": str(tmp), "{blob}": blob}
+
+    def filled(text: str) -> str:
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        return text
+
+    result = gitmq(*map(filled, bad.argv), input=bad.stdin, cwd=tmp)
+    assert result.status == bad.status, str(result)
+    assert result.err.splitlines() == ["error: " + filled(bad.error)], str(result)
+    assert state(tmp) == before
+    if bad.fsck:
+        git(tmp / "s.git", "fsck", "--no-dangling")
+
+
+# ------------------------------------------------------------ mounts
+
+
+def mount(*args: str) -> None:
+    result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"this machine cannot mount ({result.stderr.strip()}): needs root")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs, mounted for the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount("-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk))
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_nothing_half_written(small_disk: Path) -> None:
+    storage = small_disk / "s.git"
+    ok(gitmq("publish", storage, "orders", "one"))
+    big = os.urandom(700 * 1024).hex().encode()  # more than the disk holds, compressed
+    before = state(small_disk)
+    result = gitmq("publish", "--max-payload", "2000000", storage, "orders", input=big)
+    assert result.status == 3, str(result)
+    assert result.err.splitlines() == [
+        f"error: no space left on device writing to {storage}; free space on that disk and "
+        f"try again (nothing was half-written)"
+    ], str(result)
+    assert state(small_disk) == before
+    git(storage, "fsck", "--no-dangling")
+    leftovers = [p for p in (storage / "objects").rglob("tmp_obj_*")]
+    assert leftovers == []
+
+
+def test_a_read_only_storage_can_be_read_and_refuses_writes(tmp: Path) -> None:
+    view = tmp / "ro"
+    view.mkdir()
+    mount("--bind", str(tmp), str(view))
+    try:
+        mount("-o", "remount,bind,ro", str(view))
+        storage = view / "s.git"
+        assert ok(gitmq("log", storage, "orders")).out.count("\n") == 2
+        assert "orders: 2 messages" in ok(gitmq("status", storage)).out
+        refusal = (
+            f"error: read-only file system writing to {storage}; a storage on a read-only "
+            f"file system can only be read (log, status) (nothing was half-written)"
+        )
+        for argv in (
+            ("publish", storage, "orders", "x"),
+            ("consume", "--drain", storage, "orders", "c"),
+            ("seek", storage, "orders", "c", "end"),
+        ):
+            result = gitmq(*argv)
+            assert (result.status, result.err.splitlines(), result.out) == (3, [refusal], ""), str(
+                result
+            )
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
