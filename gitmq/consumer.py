@@ -128,7 +128,26 @@ class Consumer:
             yield message
 
     def ack(self, message: Message) -> None:
-        """Record ``message`` (and everything before it) as finished."""
+        """Record ``message``, the next pending one, as finished. Refused for a later
+        message: that would finish the ones before it unseen (``ack_through`` does
+        so on purpose)."""
+        self._require_message(message)
+        position = self.position
+        if message.sha != position and message.parent != position:  # else it is the next
+            skipped = next(
+                (m for m in self._pending() if m.sha == message.sha or m.control is None), None
+            )
+            if skipped is not None and skipped.sha != message.sha:
+                raise UsageError(
+                    f"cannot ack {message.id} for consumer {self.name!r}: the next message is "
+                    f"{skipped.id}; ack in order, or ack_through() to finish every message up "
+                    f"to it (nothing was changed)"
+                )
+        self.ack_through(message)
+
+    def ack_through(self, message: Message) -> None:
+        """Record ``message`` and every message before it as finished."""
+        self._require_message(message)
         while True:
             current = self.position
             if current == message.sha:
@@ -141,6 +160,11 @@ class Consumer:
                 )
             if self.storage.compare_and_swap(self.tag_ref, message.sha, current):
                 return
+
+    @staticmethod
+    def _require_message(message: object) -> None:
+        if not isinstance(message, Message):
+            raise UsageError(f"ack takes a Message, not {type(message).__name__}")
 
     def _follows(self, current: str | None, message: Message) -> bool:
         return current is None or self.source.follows(current, message)
@@ -167,6 +191,8 @@ class Consumer:
 
     def consume(self, handler: Handler) -> Consumer:
         """Deliver every pending and future message to ``handler`` on a thread."""
+        if not callable(handler):
+            raise UsageError(f"consume takes a callable handler, not {type(handler).__name__}")
         if self._thread and self._thread.is_alive():
             raise GitMQError(f"consumer {self.name!r} is already running")
         self._stop.clear()

@@ -93,8 +93,15 @@ class Draft:
 
 def validate_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Check user headers and return them as a plain dict."""
+    if not isinstance(headers, Mapping):
+        raise UsageError(f"headers must be a mapping of str to str, not {type(headers).__name__}")
     clean: dict[str, str] = {}
     for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise UsageError(
+                f"header {name!r}: names and values must be str, not "
+                f"{type(name).__name__} and {type(value).__name__}"
+            )
         if not _HEADER_NAME.match(name):
             raise UsageError(f"invalid header name {name!r}: use letters, digits, '.', '_' and '-'")
         if "\n" in value or "\r" in value or "\x00" in value:

@@ -41,6 +41,7 @@ def _problem(name: str) -> str | None:
 
 def check_queue(name: str) -> str:
     """Return ``name`` if it can be a queue (branch) name, else raise."""
+    _require_str(name, "a queue name")
     problem = _problem(name)
     if problem:
         raise InvalidNameError(f"invalid queue name {name!r}: {problem}")
@@ -49,10 +50,16 @@ def check_queue(name: str) -> str:
 
 def check_consumer(name: str) -> str:
     """Return ``name`` if it can be a consumer (tag) name, else raise."""
+    _require_str(name, "a consumer name")
     problem = _problem(name)
     if problem:
         raise InvalidNameError(f"invalid consumer name {name!r}: {problem}")
     return name
+
+
+def _require_str(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidNameError(f"{what} must be a str, not {type(value).__name__}")
 
 
 def queue_ref(name: str) -> str:

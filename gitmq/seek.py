@@ -36,6 +36,11 @@ class Offset:
 
 def seek(offset: Offset, target: str) -> str | None:
     """Apply ``target`` (beginning, end, message id, commit id or ISO time)."""
+    if not isinstance(target, str) or not target:
+        raise UsageError(
+            f"a seek target must be a non-empty str (beginning, end, a message id, a commit "
+            f"id or an ISO time), not {target!r}"
+        )
     if target == "beginning":
         return _set(offset, None)
     tip = _tip(offset.source)
@@ -56,6 +61,8 @@ def seek(offset: Offset, target: str) -> str | None:
 
 def seek_time(offset: Offset, when: datetime) -> str | None:
     """Deliver next the first message published at or after ``when``."""
+    if not isinstance(when, datetime):
+        raise UsageError(f"seek_time takes a datetime, not {type(when).__name__}")
     if when.tzinfo is None:
         raise UsageError(f"time {when.isoformat()} has no time zone; add one, e.g. +00:00")
     tip = _tip(offset.source)

@@ -369,8 +369,8 @@ def test_status_counts_and_lag(path: Path) -> None:
     sent = publish(path, *[f"m{i}" for i in range(5)])
     publish(path, "a", queue="audit/log")
     with Storage(path) as storage:
-        Consumer(storage, "billing", "orders").ack(sent[1])
-        Consumer(storage, "shipping", "orders").ack(sent[4])
+        Consumer(storage, "billing", "orders").ack_through(sent[1])
+        Consumer(storage, "shipping", "orders").ack_through(sent[4])
     text = ok(gitmq("status", path)).out
     assert text.splitlines() == [
         "queues:",
@@ -528,6 +528,32 @@ def test_gitmq_produce_publishes_each_line_and_exits_0_at_end_of_input(path: Pat
     assert result.out == "published 4 messages to orders\n"
     assert payloads(path) == [b"first", b"second", b"", b'{"id": 3}']
     assert ok(gitmq_produce(path, "orders", input=b"")).out == ("published 0 messages to orders\n")
+
+
+def test_gitmq_produce_strips_lines_as_the_gem_does_and_publish_lines_does_not(
+    path: Path,
+) -> None:
+    lines = b"  padded  \n\ttab\t\r\n\x00nul\x00\n \n"
+    ok(gitmq_produce(path, "orders", input=lines))
+    assert payloads(path) == [b"padded", b"tab", b"nul", b""]  # Ruby's String#strip
+    ok(gitmq("publish", "--lines", path, "exact", input=lines))
+    assert payloads(path, "exact") == [b"  padded  ", b"\ttab\t", b"\x00nul\x00", b" "]
+
+
+def test_gitmq_consume_prints_as_ruby_puts_and_consume_prints_exactly(path: Path) -> None:
+    for payload in ("no newline", "one newline\n", "two\n\n"):
+        ok(gitmq("publish", path, "orders", payload))
+    proc = start([*GITMQ_CONSUME, path, "orders", "gem"])
+    try:
+        tip = rev_parse(path, "refs/heads/orders")
+        wait_for(lambda: rev_parse(path, "refs/tags/gem") == tip, procs=[proc])
+        assert stop(proc, signal.SIGTERM) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b"no newline\none newline\ntwo\n\n"  # puts: add if missing
+    finally:
+        kill_all([proc])
+    exact = ok(gitmq("consume", "--drain", path, "orders", "exact")).stdout
+    assert exact == b"no newline\none newline\n\ntwo\n\n\n"
 
 
 def test_gitmq_consume_prints_messages_and_exits_0_on_sigterm(path: Path) -> None:

@@ -191,7 +191,7 @@ def test_gem_repository_after_git_gc(gem_repo: Path) -> None:
         consumer = Consumer(storage, "billing", "master")
         pending = list(consumer.poll())
         assert [m.payload for m in pending] == GEM_PAYLOADS[3:]
-        consumer.ack(pending[-1])
+        consumer.ack_through(pending[-1])
         Producer(storage, "master").publish("after gc")
         assert [m.payload for m in consumer.poll()] == [b"after gc"]
     fsck(gem_repo)

@@ -127,10 +127,38 @@ def test_poll_then_ack_moves_the_tag(storage: Storage) -> None:
         assert rev_parse(storage.path, "refs/tags/billing") == message.sha
         break
     assert [m.payload for m in consumer.poll()] == [b"two", b"three"]
-    consumer.ack(sent[2])  # acking a later message finishes everything before it
+    with pytest.raises(UsageError, match=r"the next message is .*ack in order"):
+        consumer.ack(sent[2])  # "two" was never seen: refused, nothing moves
+    assert consumer.position == sent[0].sha
+    consumer.ack_through(sent[2])  # on purpose: finishes everything before it
     assert list(consumer.poll()) == []
     assert consumer.position == sent[2].sha
     consumer.ack(sent[2])  # idempotent
+
+
+def test_the_python_api_refuses_wrong_types_naming_the_argument(storage: Storage) -> None:
+    producer = Producer(storage, "orders")
+    message = producer.publish("x")
+    consumer = Consumer(storage, "billing", "orders")
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: producer.publish("x", {"k": 1}), "header 'k': names and values must be str"),
+        (lambda: producer.publish("x", ["k"]), "headers must be a mapping of str to str"),
+        (lambda: Storage(None), "a storage path must be a non-empty str or Path, not None"),
+        (lambda: Producer(storage, 5), "a queue name must be a str, not int"),
+        (lambda: Consumer(storage, None, "orders"), "a consumer name must be a str"),
+        (lambda: consumer.seek(None), "a seek target must be a non-empty str"),
+        (lambda: consumer.seek_time("yesterday"), "seek_time takes a datetime, not str"),
+        (lambda: consumer.consume(None), "consume takes a callable handler, not NoneType"),
+        (lambda: consumer.ack(message.sha), "ack takes a Message, not str"),
+    ]
+    for call, text in cases:
+        with pytest.raises(UsageError) as caught:
+            call()
+        assert text in caught.value.message
+    assert consumer.position is None and not consumer.running
+    storage.close()
+    with pytest.raises(UsageError, match="is closed; open the storage again to publish"):
+        producer.publish("after close")
 
 
 def test_tag_is_a_lightweight_tag_on_the_last_finished_message(storage: Storage) -> None:
@@ -144,7 +172,7 @@ def test_tag_is_a_lightweight_tag_on_the_last_finished_message(storage: Storage)
 def test_ack_backwards_is_refused_and_changes_nothing(storage: Storage) -> None:
     sent = Producer(storage, "orders").publish_many(["one", "two"])
     consumer = Consumer(storage, "billing", "orders")
-    consumer.ack(sent[1])
+    consumer.ack_through(sent[1])
     with pytest.raises(ConsumerConflictError) as info:
         consumer.ack(sent[0])
     assert info.value.message == (

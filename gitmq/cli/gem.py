@@ -1,8 +1,9 @@
 """The Ruby gem's command lines, kept as they were.
 
-``gitmq-produce PATH BRANCH`` publishes one message per line of stdin and exits
-0 at end of input; ``gitmq-consume PATH BRANCH CONSUMER`` prints each message
-as it arrives until SIGINT or SIGTERM, then exits 0.
+``gitmq-produce PATH BRANCH`` publishes each line of stdin, stripped as Ruby's
+``String#strip`` does, and exits 0 at end of input; ``gitmq-consume PATH BRANCH
+CONSUMER`` prints each message as Ruby's ``puts`` does (a newline only where the
+payload lacks one) until SIGINT or SIGTERM, then exits 0.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         payload=None,
         header=[],
         lines=True,
+        strip=True,  # the gem publishes line.strip
         author=None,
         max_payload=1 << 20,
     )
@@ -51,6 +53,7 @@ def consume_main(argv: Sequence[str] | None = None) -> int:
         drain=False,
         max_attempts=5,
         dead_letter=None,
+        puts=True,  # the gem prints with puts: a newline only where one is missing
     )
     return guarded(lambda: queue_cmds.cmd_consume(ns))
 

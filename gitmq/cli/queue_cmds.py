@@ -74,6 +74,10 @@ def _storage_queue(p: argparse.ArgumentParser) -> None:
     p.add_argument("queue", help="queue (branch) name")
 
 
+#: What Ruby's String#strip removes (gitmq-produce strips lines as the gem does).
+RUBY_WHITESPACE = b" \t\n\v\f\r\x00"
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -114,8 +118,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         producer = Producer(storage, args.queue, author=author, max_payload=args.max_payload)
         if args.lines:
             count = 0
+            strip = getattr(args, "strip", False)  # gitmq-produce: as the gem does
             for line in sys.stdin.buffer:
-                producer.publish(line.rstrip(b"\n").removesuffix(b"\r"), headers)
+                payload = line.rstrip(b"\n").removesuffix(b"\r")
+                producer.publish(payload.strip(RUBY_WHITESPACE) if strip else payload, headers)
                 count += 1
             print(f"published {plural(count, 'message')} to {args.queue}")
             return 0
@@ -142,7 +148,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if args.exec_cmd is not None:
             handler = command_handler(_exec_argv(args.exec_cmd), args.queue, args.consumer)
         else:
-            handler = _Printer(consumer, args.json)
+            handler = _Printer(consumer, args.json, puts=getattr(args, "puts", False))
         code = run_consumer(consumer, handler, drain=args.drain)
     if isinstance(handler, _Printer) and handler.closed:
         raise BrokenPipeError  # the reader went away: the CLI edge ends quietly
@@ -184,15 +190,17 @@ class _Printer:
     the message unacknowledged instead of failing it into the dead-letter queue.
     """
 
-    def __init__(self, consumer: Consumer, as_json: bool) -> None:
+    def __init__(self, consumer: Consumer, as_json: bool, puts: bool = False) -> None:
         self.consumer = consumer
         self.as_json = as_json
+        self.puts = puts  # gitmq-consume: Ruby's puts adds a newline only if missing
         self.closed = False
 
     def __call__(self, message: Message) -> None:
         line = json.dumps(message_json(message)).encode() if self.as_json else message.payload
+        end = b"" if self.puts and line.endswith(b"\n") else b"\n"
         try:
-            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.buffer.write(line + end)
             sys.stdout.buffer.flush()
         except BrokenPipeError:
             self.closed = True

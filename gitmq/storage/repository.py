@@ -90,7 +90,10 @@ class Storage:
     """A GitMQ storage: a (bare by default) Git repository, created if missing."""
 
     def __init__(self, path: str | Path, *, create: bool = True, fsync: bool = False) -> None:
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise UsageError(f"a storage path must be a non-empty str or Path, not {path!r}")
         self.path = Path(path).expanduser().absolute()
+        self._closed = False
         self.fsync = fsync
         self.git_dir = _open_or_create(self.path, create)
         self.objects_dir = self.git_dir / "objects"
@@ -139,6 +142,7 @@ class Storage:
         """Stop the helper git processes this object holds; leave no pile of loose
         objects behind (a short-lived producer never reaches the repack trigger), nor
         replaced copies that a busy repack lock kept from going (waiting is fine now)."""
+        self._closed = True
         if self._orphans.pending:
             packing.wait_idle(self.git_dir, CLOSE_DISCARD_WAIT)
             self._orphans.discard(set(), thorough=True)
@@ -173,6 +177,8 @@ class Storage:
         the value the branch has when it moves: concurrent producers, in any
         process, serialise here and never lose or fork a message.
         """
+        if self._closed:
+            raise UsageError(f"{self} is closed; open the storage again to publish")
         if ref == self._checked_out():
             raise UsageError(
                 f"queue {ref.removeprefix('refs/heads/')!r} is the branch checked out in the "
