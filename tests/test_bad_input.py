@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from util import git, gitmq, ok, rev_parse
+from util import GITMQ_CONSUME, git, gitmq, ok, rev_parse, run
 
 SETUPS: dict[str, Callable[[Path], None]] = {}
 
@@ -39,6 +39,11 @@ def blob_queue(tmp: Path) -> None:
 def work_tree(tmp: Path) -> None:
     """A non-bare repository with 'main' checked out."""
     subprocess.run(["git", "init", "-q", "-b", "main", str(tmp / "wt")], check=True)
+
+
+@setup
+def team_queues(tmp: Path) -> None:
+    ok(gitmq("publish", tmp / "s.git", "team/a", "x"))
 
 
 @setup
@@ -223,6 +228,97 @@ CASES: dict[str, Bad] = {
         "would leave that work tree behind. Use a bare storage or another queue",
         setup="work_tree",
     ),
+    # -- the command line itself
+    "an unknown command": Bad(
+        ("pubish", S, "orders", "x"),
+        2,
+        "argument COMMAND: invalid choice: 'pubish' (choose from 'publish', 'consume', 'log', "
+        "'status', 'seek', 'consumer', 'node', 'config', 'prune', 'repair', 'github', 'demo') "
+        "(see 'gitmq --help')",
+    ),
+    "a missing argument": Bad(
+        ("publish",),
+        2,
+        "the following arguments are required: path, queue (see 'gitmq publish --help')",
+    ),
+    "an unknown option": Bad(
+        ("seek", S, "orders", "c", "end", "--force"),
+        2,
+        "unrecognized arguments: --force (see 'gitmq --help')",
+    ),
+    "a negative payload limit": Bad(
+        ("publish", "--max-payload", "-1", S, "orders", "x"),
+        2,
+        "argument --max-payload: must be 0 or more, found -1 (see 'gitmq publish --help')",
+    ),
+    "a negative log limit": Bad(
+        ("log", "-n", "-5", S, "orders"),
+        2,
+        "argument -n/--limit: must be 0 or more, found -5 (see 'gitmq log --help')",
+    ),
+    "a log limit that is no number": Bad(
+        ("log", "-n", "ten", S, "orders"),
+        2,
+        "argument -n/--limit: expected a whole number, found 'ten' (see 'gitmq log --help')",
+    ),
+    "zero attempts": Bad(
+        ("consume", "--drain", "--max-attempts", "0", S, "orders", "c"),
+        2,
+        "retry max_attempts must be at least 1, got 0",
+    ),
+    "repair without saying how": Bad(
+        ("repair", "--config", "{t}/node.yml", "orders"),
+        2,
+        "one of the arguments --restore --adopt-remote is required (see 'gitmq repair --help')",
+    ),
+    "gitmq-consume without a consumer": Bad(
+        ("--gem-consume", S, "orders"),
+        2,
+        "the following arguments are required: consumer (see 'gitmq-consume --help')",
+    ),
+    # -- more names and storages
+    "a queue that ends with .lock": Bad(
+        ("publish", S, "orders.lock", "x"),
+        2,
+        "invalid queue name 'orders.lock': component 'orders.lock' ends with '.lock'",
+    ),
+    "a queue whose name is taken by a folder of queues": Bad(
+        ("publish", S, "team", "x"),
+        3,
+        "cannot create ref refs/heads/team: refs named refs/heads/team/... exist",
+        setup="team_queues",
+    ),
+    "an empty storage path": Bad(
+        ("publish", "", "orders", "x"),
+        2,
+        "a storage path must be a non-empty str or Path, not ''",
+    ),
+    "a storage path inside a storage": Bad(
+        ("status", "{s}/refs"),
+        3,
+        "storage path {s}/refs is not a git repository and not empty; point at a GitMQ "
+        "storage, an empty directory or a new path",
+    ),
+    "an empty seek target": Bad(
+        ("seek", S, "orders", "c", ""),
+        2,
+        "a seek target must be a non-empty str (beginning, end, a message id, a commit id or "
+        "an ISO time), not ''",
+    ),
+    "an author with an empty email": Bad(
+        ("publish", "--author", "Ann <>", S, "orders", "x"),
+        2,
+        "invalid identity email '': it must be non-empty, without '<', '>', newlines or "
+        "surrounding spaces",
+    ),
+    "deleting a consumer that has no offset": Bad(
+        ("consumer", "delete", S, "orders", "nobody"),
+        4,
+        "consumer 'nobody' has no offset in {s} (no tag refs/tags/nobody); nothing to delete",
+    ),
+    "a config that is a folder": Bad(
+        ("config", "check", "{t}"), 5, "cannot read config file {t}: Is a directory"
+    ),
     # -- node commands
     "repair with a config that does not exist": Bad(
         ("repair", "--config", "{t}/none.yml", "orders", "--restore"),
@@ -267,7 +363,11 @@ def test_bad_input_gets_one_exact_line_and_changes_nothing(tmp: Path, case: str)
             text = text.replace(key, value)
         return text
 
-    result = gitmq(*map(filled, bad.argv), input=bad.stdin, cwd=tmp)
+    argv = [filled(a) for a in bad.argv]
+    if argv[0] == "--gem-consume":  # the gem's own command line
+        result = run([*GITMQ_CONSUME, *argv[1:]], cwd=tmp)
+    else:
+        result = gitmq(*argv, input=bad.stdin, cwd=tmp)
     assert result.status == bad.status, str(result)
     assert result.err.splitlines() == ["error: " + filled(bad.error)], str(result)
     assert state(tmp) == before

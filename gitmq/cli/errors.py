@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from gitmq.errors import GitMQError
 
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 70
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one ``error: ...`` line like every other
+    error (argparse prints the whole usage first); ``--help`` still shows it."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, found {value}")
+    return value
 
 
 def guarded(func: Callable[[], int]) -> int:

@@ -13,13 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from gitmq.cli import queue_cmds
-from gitmq.cli.errors import guarded
+from gitmq.cli.errors import Parser, guarded
 
 
 def produce_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="gitmq-produce", description="Publish one message per line of stdin."
-    )
+    parser = Parser(prog="gitmq-produce", description="Publish one message per line of stdin.")
     parser.add_argument("path", help="storage path (created if missing)")
     parser.add_argument("branch", help="queue (branch) name")
     args = parser.parse_args(argv)
@@ -37,7 +35,7 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
 
 
 def consume_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gitmq-consume", description="Print each message of a queue as it arrives."
     )
     parser.add_argument("path", help="storage path")

@@ -8,18 +8,20 @@ from collections.abc import Sequence
 
 from gitmq import __version__, demo
 from gitmq.cli import consumer_cmd, github_cmd, node_cmd, prune_cmd, queue_cmds, repair_cmd
-from gitmq.cli.errors import guarded
+from gitmq.cli.errors import Parser, guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gitmq",
         description="A message queue whose whole state is a Git repository.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 storage, 4 not found, 5 config, "
         "6 remote, 7 consumer conflict, 70 bug, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"gitmq {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Subcommand parsers are Parsers too (argparse makes them of the parent's class).
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)  # type: ignore[assignment]
     queue_cmds.register(sub)
     consumer_cmd.register(sub)
     node_cmd.register(sub)

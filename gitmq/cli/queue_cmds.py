@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gitmq import names
+from gitmq.cli.errors import count
 from gitmq.cli.signals import SignalStop
 from gitmq.consumer import Consumer
 from gitmq.errors import NotFoundError, UsageError
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header")
     p.add_argument("--lines", action="store_true", help="one message per line of stdin")
     p.add_argument("--author", metavar="'NAME <EMAIL>'", help="author identity")
-    p.add_argument("--max-payload", type=int, default=1 << 20, metavar="BYTES")
+    p.add_argument("--max-payload", type=count, default=1 << 20, metavar="BYTES")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("consume", help="print or handle each message as it arrives")
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("log", help="browse a queue, newest first")
     _storage_queue(p)
-    p.add_argument("-n", "--limit", type=int, default=20, help="at most N messages (0: all)")
+    p.add_argument("-n", "--limit", type=count, default=20, help="at most N messages (0: all)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_log)
 
