@@ -189,38 +189,6 @@ CASES: dict[str, Bad] = {
         "storage, an empty directory or a new path",
         setup="a_file",
     ),
-    "a queue ref that names a blob: log": Bad(
-        ("log", S, "orders"),
-        3,
-        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
-        "from the remote or point it at a commit with 'git update-ref'",
-        setup="blob_queue",
-        fsck=False,
-    ),
-    "a queue ref that names a blob: consume": Bad(
-        ("consume", "--drain", S, "orders", "c"),
-        3,
-        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
-        "from the remote or point it at a commit with 'git update-ref'",
-        setup="blob_queue",
-        fsck=False,
-    ),
-    "a queue ref that names a blob: seek end": Bad(
-        ("seek", S, "orders", "c", "end"),
-        3,
-        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
-        "from the remote or point it at a commit with 'git update-ref'",
-        setup="blob_queue",
-        fsck=False,
-    ),
-    "a queue ref that names a blob: status": Bad(
-        ("status", S),
-        3,
-        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
-        "from the remote or point it at a commit with 'git update-ref'",
-        setup="blob_queue",
-        fsck=False,
-    ),
     "publish onto a checked-out branch": Bad(
         ("publish", "{t}/wt", "main", "x"),
         2,
@@ -328,6 +296,22 @@ CASES: dict[str, Bad] = {
     "prune with a config that does not exist": Bad(
         ("prune", "--config", "{t}/none.yml"), 5, "config file {t}/none.yml does not exist"
     ),
+}
+
+
+BLOB_REF = (
+    "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it from the "
+    "remote or point it at a commit with 'git update-ref'"
+)
+CASES |= {  # a queue ref that names a blob is refused by every command, not read as empty
+    f"a queue ref that names a blob: {argv[0]}": Bad(argv, 3, BLOB_REF, "blob_queue", fsck=False)
+    for argv in (
+        ("log", S, "orders"),
+        ("consume", "--drain", S, "orders", "c"),
+        ("seek", S, "orders", "c", "end"),
+        ("status", S),
+        ("publish", S, "orders", "x"),
+    )
 }
 
 
