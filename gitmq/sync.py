@@ -243,7 +243,7 @@ class _Cycle:
         for branch in self.queues.branches(remote_refs):
             self.integrate(branch)
         self.offsets.plan(self.tags)
-        self.tags.drop(self.excluded)
+        self.tags.drop(self.excluded | self.held_tags())
         self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
         return self.updates + self.tags.updates
@@ -310,6 +310,20 @@ class _Cycle:
         line = repair.rewritten_line(self.target.remote, branch, confirmed, remote_tip)
         if line not in self.report.rewritten:
             self.report.rewritten.append(line)
+
+    def held_tags(self) -> set[str]:
+        """The tag updates onto (or, deleting, from) a held queue's history: nothing of
+        it moves."""
+        tips = [self.storage.read_ref(tracking_ref(self.target.remote, b)) for b in self.held]
+        return {
+            u.ref
+            for u in self.tags.updates
+            if any(
+                tip and sha and self.storage.is_ancestor(sha, tip)
+                for tip in tips
+                for sha in (u.sha, u.lease)
+            )
+        }
 
     def plan_deletions(self, remote_refs: dict[str, str]) -> None:
         """Delete expired segments on the remote (in the same atomic push)."""

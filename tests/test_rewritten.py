@@ -76,6 +76,7 @@ def test_a_rewritten_remote_branch_moves_nothing_and_says_how_to_repair(
     assert confirmed is not None
     foreign = foreign_history(central, ["foreign"])
     git(central, "update-ref", "refs/heads/orders", foreign)
+    tag = rev_parse(central, "refs/tags/c-a")
     before = refs_of(node)
 
     for _ in range(2):  # and it stays so, cycle after cycle
@@ -93,6 +94,13 @@ def test_a_rewritten_remote_branch_moves_nothing_and_says_how_to_repair(
         assert after == {r: s for r, s in before.items() if not r.startswith("refs/gitmq/remotes")}
         assert rev_parse(central, "refs/heads/orders") == foreign
     assert node.payloads("c-a") == ["m1", "m2"]
+
+    # Its consumers' tags do not move on the remote either: a seek back is not pushed.
+    first = git(node.storage, "rev-list", "--reverse", confirmed).decode().split()[0]
+    ok(gitmq("seek", node.storage, "orders", "c-a", first))
+    assert node.once().status == 6
+    assert rev_parse(central, "refs/tags/c-a") == tag
+    assert node.payloads("c-a") == ["m1", "m2", "m1", "m2"]  # replayed here, as asked
 
 
 def test_repair_restore_pushes_the_confirmed_history_back(cluster: Cluster, central: Path) -> None:
