@@ -36,6 +36,13 @@ def blob_queue(tmp: Path) -> None:
 
 
 @setup
+def missing_tip(tmp: Path) -> None:
+    """The newest message's object is gone (a disk error, a bad copy)."""
+    tip = git(tmp / "s.git", "rev-parse", "orders").decode().strip()
+    (tmp / "s.git" / "objects" / tip[:2] / tip[2:]).unlink()
+
+
+@setup
 def work_tree(tmp: Path) -> None:
     """A non-bare repository with 'main' checked out."""
     subprocess.run(["git", "init", "-q", "-b", "main", str(tmp / "wt")], check=True)
@@ -312,6 +319,19 @@ CASES |= {  # a queue ref that names a blob is refused by every command, not rea
         ("status", S),
         ("publish", S, "orders", "x"),
     )
+}
+
+
+CASES |= {  # so is one that names a missing object
+    f"a queue ref that names a missing commit: {argv[0]}": Bad(
+        argv,
+        3,
+        "ref refs/heads/orders points at {blob}, which is missing from {s}; run 'git fsck' "
+        "there, then restore it from the remote or point it at a commit with 'git update-ref'",
+        "missing_tip",
+        fsck=False,
+    )
+    for argv in (("log", S, "orders"), ("consume", "--drain", S, "orders", "c"))
 }
 
 

@@ -220,9 +220,15 @@ class Storage:
         try:
             self.read_body(tip)
         except GitMQError as exc:
+            exists = gitcli.run(self.git_dir, ["cat-file", "-e", tip], check=False)
+            what = (
+                f"not a commit in {self.path};"
+                if exists.returncode == 0
+                else f"missing from {self.path}; run 'git fsck' there, then"
+            )
             raise StorageError(
-                f"ref {ref} points at {tip}, which is not a commit in {self.path}; "
-                f"restore it from the remote or point it at a commit with 'git update-ref'"
+                f"ref {ref} points at {tip}, which is {what} restore it from the remote or "
+                f"point it at a commit with 'git update-ref'"
             ) from exc
 
     @_writes
