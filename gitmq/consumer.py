@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -19,7 +18,7 @@ from gitmq import seek as seeking
 from gitmq.deadletter import DeadLetters
 from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
-from gitmq.retry import RetryPolicy
+from gitmq.retry import RetryPolicy, Stopped, call_with_retries
 from gitmq.segments import OPEN, QueueSource
 from gitmq.storage import Storage
 
@@ -45,6 +44,38 @@ def _source_ref(remote: str | None, branch: str, given: str | None) -> str:
             f"local branch, whose unpushed messages sync may still re-parent"
         )
     return ref
+
+
+def _in_order(consumer: Consumer, position: str | None, shas: list[str]) -> Iterator[Message]:
+    """The messages ``shas`` (read lazily), the first of which must follow ``position``."""
+    for index, sha in enumerate(shas):
+        message = consumer.storage.read(sha)
+        # After the close marker of its segment, the next message is the root of
+        # the next segment (an open marker, no parent): that is still in order.
+        crossed = message.control == OPEN and message.parent is None
+        if index == 0 and position is not None and message.parent != position and not crossed:
+            raise ConsumerConflictError(
+                f"consumer {consumer.name!r} is at {position[:12]}, which is not on queue "
+                f"{consumer.branch!r}; reset it with 'gitmq seek' (see docs/operations.md)"
+            )
+        yield message
+
+
+def _message(value: object) -> Message:
+    if not isinstance(value, Message):
+        raise UsageError(f"ack takes a Message, not {type(value).__name__}")
+    return value
+
+
+def _refuse_skip(consumer: str, message: Message, pending: Iterator[Message]) -> None:
+    """Refuse to ack ``message`` past a pending message (segment markers aside)."""
+    first = next((m for m in pending if m.sha == message.sha or m.control is None), None)
+    if first is not None and first.sha != message.sha:
+        raise UsageError(
+            f"cannot ack {message.id} for consumer {consumer!r}: the next message is "
+            f"{first.id}; ack in order, or ack_through() to finish every message up to it "
+            f"(nothing was changed)"
+        )
 
 
 class Consumer:
@@ -80,11 +111,6 @@ class Consumer:
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.retry = retry or RetryPolicy()
         self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
-        if self.dead_letters.name == self.branch:
-            raise UsageError(
-                f"consumer {name!r} cannot use its own queue {branch!r} as its dead-letter "
-                f"queue (a failing message would come back for ever); name another one"
-            )
         self.poll_interval = poll_interval
         self.delivered = 0
         self.last_error: str | None = None
@@ -112,42 +138,21 @@ class Consumer:
         position = self.position
         if position is not None and position == self.source.tip():
             return iter(())
-        return self._checked(position, self.source.pending(position))
-
-    def _checked(self, position: str | None, shas: list[str]) -> Iterator[Message]:
-        for index, sha in enumerate(shas):
-            message = self.storage.read(sha)
-            # After the close marker of its segment, the next message is the root of
-            # the next segment (an open marker, no parent): that is still in order.
-            crossed = message.control == OPEN and message.parent is None
-            if index == 0 and position is not None and message.parent != position and not crossed:
-                raise ConsumerConflictError(
-                    f"consumer {self.name!r} is at {position[:12]}, which is not on queue "
-                    f"{self.branch!r}; reset it with 'gitmq seek' (see docs/operations.md)"
-                )
-            yield message
+        return _in_order(self, position, self.source.pending(position))
 
     def ack(self, message: Message) -> None:
         """Record ``message``, the next pending one, as finished. Refused for a later
         message: that would finish the ones before it unseen (``ack_through`` does
         so on purpose)."""
-        self._require_message(message)
+        _message(message)
         position = self.position
         if message.sha != position and message.parent != position:  # else it is the next
-            skipped = next(
-                (m for m in self._pending() if m.sha == message.sha or m.control is None), None
-            )
-            if skipped is not None and skipped.sha != message.sha:
-                raise UsageError(
-                    f"cannot ack {message.id} for consumer {self.name!r}: the next message is "
-                    f"{skipped.id}; ack in order, or ack_through() to finish every message up "
-                    f"to it (nothing was changed)"
-                )
+            _refuse_skip(self.name, message, self._pending())
         self.ack_through(message)
 
     def ack_through(self, message: Message) -> None:
         """Record ``message`` and every message before it as finished."""
-        self._require_message(message)
+        _message(message)
         while True:
             current = self.position
             if current == message.sha:
@@ -160,11 +165,6 @@ class Consumer:
                 )
             if self.storage.compare_and_swap(self.tag_ref, message.sha, current):
                 return
-
-    @staticmethod
-    def _require_message(message: object) -> None:
-        if not isinstance(message, Message):
-            raise UsageError(f"ack takes a Message, not {type(message).__name__}")
 
     def _follows(self, current: str | None, message: Message) -> bool:
         return current is None or self.source.follows(current, message)
@@ -291,25 +291,13 @@ class Consumer:
         if message.undecodable is not None:
             self.dead_letters.publish(message, f"undecodable: {message.undecodable}", 0)
             return True
-        error = ""
-        for attempt in range(1, self.retry.max_attempts + 1):
-            if attempt > 1 and self._stop.wait(self.retry.delay_before(attempt)):
-                return False
-            try:
-                handler(message)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "consumer %s: handler failed on %s (attempt %d/%d): %s",
-                    self.name,
-                    message.id,
-                    attempt,
-                    self.retry.max_attempts,
-                    error,
-                )
-                log.debug("%s", traceback.format_exc())
-                continue
+        what = f"consumer {self.name}: handler failed on {message.id}"
+        try:
+            error = call_with_retries(lambda: handler(message), self.retry, self._stop.wait, what)
+        except Stopped:
+            return False
+        if error is None:
             self.delivered += 1
-            return True
-        self.dead_letters.publish(message, error, self.retry.max_attempts)
+        else:
+            self.dead_letters.publish(message, error, self.retry.max_attempts)
         return True

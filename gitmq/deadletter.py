@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from gitmq import names
+from gitmq.errors import UsageError
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer
 from gitmq.storage import Storage
@@ -35,6 +36,11 @@ class DeadLetters:
     ) -> None:
         self.queue, self.consumer = queue, consumer
         self.name = names.check_queue(dead_letter or dead_letter_queue(queue))
+        if self.name == queue:
+            raise UsageError(
+                f"consumer {consumer!r} cannot use its own queue {queue!r} as its dead-letter "
+                f"queue (a failing message would come back for ever); name another one"
+            )
         self._producer = Producer(storage, self.name, author=identity, max_payload=1 << 62)
         self.count = 0
 

@@ -105,6 +105,22 @@ class OffsetSync:
         """The remote copies as they were before this cycle's fetch."""
         self.seen = dict(remote_copies)
 
+    def to_fetch(self, remote_refs: Mapping[str, str]) -> list[str]:
+        """The refspecs that fetch the consumer tags that changed on the remote (into
+        their remote copies); a copy whose tag the remote deleted (a reset elsewhere)
+        goes. Remembers the copies as they were (``remember``)."""
+        specs, copies = [], {}
+        for consumer in self.consumers:
+            ref, mine = f"refs/tags/{consumer}", remote_tag_ref(self.remote, consumer)
+            theirs, known = remote_refs.get(ref), self.storage.read_ref(mine)
+            copies[consumer] = known
+            if theirs and theirs != known:
+                specs.append(f"+{ref}:{mine}")
+            elif theirs is None and known is not None:
+                self.storage.delete_ref(mine, known)
+        self.remember(copies)
+        return specs
+
     def follow(self, plan: Plan) -> None:
         """Move local tags to the remote's where the rules say so (before fetched
         messages become visible: a consumer that saw them first would redeliver what

@@ -48,6 +48,47 @@ def rewritten_line(remote: str, branch: str, confirmed: str, remote_tip: str | N
     )
 
 
+class Held:
+    """The queue branches one sync attempt leaves alone because the remote rewrote
+    or deleted them, with the report lines that say so (``lines``: the report's)."""
+
+    def __init__(self, storage: Storage, remote: str, lines: list[str]) -> None:
+        self.storage, self.remote, self.lines = storage, remote, lines
+        self.branches: set[str] = set()
+
+    def grown(self, branch: str, known: str | None, tip: str) -> list[str] | None:
+        """The commits ``tip`` adds to the confirmed ``known`` (one rev-list), or None
+        when ``tip`` lacks some of it: then ``branch`` is held."""
+        if known is None:
+            return []
+        lost, new = self.storage.divergence(known, tip)
+        if lost:
+            self.hold(branch, known, tip)
+            return None
+        return new
+
+    def hold(self, branch: str, confirmed: str, remote_tip: str | None) -> None:
+        """Move nothing of ``branch`` and say why (once per report)."""
+        self.branches.add(branch)
+        line = rewritten_line(self.remote, branch, confirmed, remote_tip)
+        if line not in self.lines:
+            self.lines.append(line)
+
+    def tags(self, updates: Sequence[RefUpdate]) -> set[str]:
+        """The tag updates onto (or, deleting, from) a held branch's confirmed history:
+        nothing of a held queue moves."""
+        tips = [self.storage.read_ref(tracking_ref(self.remote, b)) for b in self.branches]
+        return {
+            u.ref
+            for u in updates
+            if any(
+                tip and sha and self.storage.is_ancestor(sha, tip)
+                for tip in tips
+                for sha in (u.sha, u.lease)
+            )
+        }
+
+
 @dataclass
 class RepairReport:
     """What a repair did to one queue."""

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gitmq.errors import UsageError
+
+log = logging.getLogger("gitmq.consumer")
+
+
+class Stopped(Exception):
+    """The consumer was stopped while waiting to retry."""
 
 
 @dataclass(frozen=True)
@@ -30,3 +39,25 @@ class RetryPolicy:
         if attempt <= 1:
             return 0.0
         return min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 2))
+
+
+def call_with_retries(
+    call: Callable[[], object], policy: RetryPolicy, wait: Callable[[float], bool], what: str
+) -> str | None:
+    """Call ``call`` until it returns (None) or every attempt of ``policy`` failed
+    (the last error, ``Type: message``); ``wait(seconds)`` sleeps before each retry
+    and returns True to stop (then :class:`Stopped`). ``what`` names the call in the
+    log ("consumer X: handler failed on ID")."""
+    error = ""
+    for attempt in range(1, policy.max_attempts + 1):
+        if attempt > 1 and wait(policy.delay_before(attempt)):
+            raise Stopped
+        try:
+            call()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("%s (attempt %d/%d): %s", what, attempt, policy.max_attempts, error)
+            log.debug("%s", traceback.format_exc())
+            continue
+        return None
+    return error

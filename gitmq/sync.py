@@ -186,7 +186,6 @@ class _Cycle:
         self.message_count = 0
         self.replaced: set[str] = set()  # copies the re-parenting made unreachable
         self.queues = _Queues(storage, target)
-        self.rotating = self.queues.rotating
         self.deleting: list[tuple[rotation.Rotating, str, set[str]]] = []
         self.chunks: list[tuple[Outbox, Replay]] = []  # pushed before their branch moves
         self.more = False  # a chunk went out and more of the backlog waits
@@ -194,7 +193,7 @@ class _Cycle:
             storage, target.remote, target.consumers, self.queues.before, self.queues.is_confirmed
         )
         self.tags = Plan()
-        self.held: set[str] = set()  # branches the remote rewrote or deleted: left alone
+        self.held = repair.Held(storage, target.remote, report.rewritten)
         self.excluded = target.refusals.excluded()  # refs the server refused: left out
         self.pushed: list[RefUpdate] = []
 
@@ -212,7 +211,7 @@ class _Cycle:
         gone = self.fetch_changed(remote_refs, self.queues.branches(remote_refs))
         if listen_only:
             return False
-        for rot in self.rotating.values():
+        for rot in self.queues.rotating.values():
             self.report.moved_to_next_segment += rotation.settle(self.storage, rot, self.now())
         for rot, branch, history in gone:
             rotation.forget(self.storage, rot, branch, history, self.now())
@@ -243,7 +242,7 @@ class _Cycle:
         for branch in self.queues.branches(remote_refs):
             self.integrate(branch)
         self.offsets.plan(self.tags)
-        self.tags.drop(self.excluded | self.held_tags())
+        self.tags.drop(self.excluded | self.held.tags(self.tags.updates))
         self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
         return self.updates + self.tags.updates
@@ -269,18 +268,9 @@ class _Cycle:
                 if rot is not None and branch != rot.queue:  # a segment another node deleted
                     gone.append((rot, branch, set(storage.commits_between(None, known))))
                 elif rot is None:  # a queue branch is never deleted
-                    self.hold(branch, known, None)
-        copies = {}
-        for consumer in t.consumers:
-            ref, mine = f"refs/tags/{consumer}", remote_tag_ref(t.remote, consumer)
-            theirs, known = remote_refs.get(ref), storage.read_ref(mine)
-            copies[consumer] = known
-            if theirs and theirs != known:
-                specs.append(f"+{ref}:{mine}")
-            elif theirs is None and known is not None:
-                storage.delete_ref(mine, known)  # deleted on the remote (a reset elsewhere)
-        self.offsets.remember(copies)
-        tips = [sha for sha in before.values() if sha] + [c for c in copies.values() if c]
+                    self.held.hold(branch, known, None)
+        specs += self.offsets.to_fetch(remote_refs)
+        tips = [sha for sha in [*before.values(), *self.offsets.seen.values()] if sha]
         with storage.writing():  # a fetch may only set refs to objects we already had
             fetch(storage.git_dir, t.url, specs, t.credentials, tips)
         self.offsets.follow(self.tags)
@@ -290,46 +280,19 @@ class _Cycle:
             tip = storage.read_ref(fetched_ref(mine))
             if tip is None:
                 continue
-            # One rev-list: what the confirmed tip has that the new one lacks (nothing,
-            # unless the remote rewrote the branch), and what arrived.
-            lost, new = storage.divergence(known, tip) if known else ([], [])
-            if lost:
-                assert known is not None
-                self.hold(branch_of[mine], known, tip)
+            new = self.held.grown(branch_of[mine], known, tip)
+            if new is None:  # rewritten: the fetched tip goes
                 storage.delete_ref(fetched_ref(mine), tip)
             elif storage.compare_and_swap(mine, tip, known):
                 storage.delete_ref(fetched_ref(mine), tip)
                 self.report.fetched += len(new) if known else storage.count(None, tip)
         return gone
 
-    def hold(self, branch: str, confirmed: str, remote_tip: str | None) -> None:
-        """The remote's ``branch`` no longer contains what it confirmed (``remote_tip``
-        None: it is gone): move nothing of it, and say so in the report (the node logs
-        it as a warning each cycle) until an operator repairs it."""
-        self.held.add(branch)
-        line = repair.rewritten_line(self.target.remote, branch, confirmed, remote_tip)
-        if line not in self.report.rewritten:
-            self.report.rewritten.append(line)
-
-    def held_tags(self) -> set[str]:
-        """The tag updates onto (or, deleting, from) a held queue's history: nothing of
-        it moves."""
-        tips = [self.storage.read_ref(tracking_ref(self.target.remote, b)) for b in self.held]
-        return {
-            u.ref
-            for u in self.tags.updates
-            if any(
-                tip and sha and self.storage.is_ancestor(sha, tip)
-                for tip in tips
-                for sha in (u.sha, u.lease)
-            )
-        }
-
     def plan_deletions(self, remote_refs: dict[str, str]) -> None:
         """Delete expired segments on the remote (in the same atomic push)."""
         tags = [sha for ref, sha in remote_refs.items() if ref.startswith("refs/tags/")]
         tags += self.storage.list_refs("refs/tags/").values()
-        for rot in self.rotating.values():
+        for rot in self.queues.rotating.values():
             for branch, tip, history in rotation.expired(self.storage, rot, tags, self.now()):
                 if f"refs/heads/{branch}" in self.excluded:
                     continue
@@ -344,13 +307,14 @@ class _Cycle:
         local_ref = f"refs/heads/{queue}"
         local = storage.read_ref(local_ref)
         confirmed = storage.read_ref(tracking_ref(self.target.remote, queue))
-        if local == confirmed or queue in self.held or local_ref in self.excluded:
+        if local == confirmed or queue in self.held.branches or local_ref in self.excluded:
             return
         split = storage.divergence(confirmed, local) if local else None
         if confirmed is None or (split is not None and not split[0]):
             assert split is not None  # a fast-forward: push (the first chunk of) ours
             count = min(len(split[1]), self.target.state.chunk)
-            self.plan_push(queue, self.chunk_end(split[1]), confirmed, count)
+            self.more |= count < len(split[1])
+            self.plan_push(queue, split[1][count - 1], confirmed, count)
             return
         outbox = Outbox(storage, self.target.remote, queue)
         snapshot = self.reparent(queue, local, confirmed, split, outbox)
@@ -369,13 +333,6 @@ class _Cycle:
         self.report.reparented += snapshot.copied
         if tip is not None and tip != confirmed:
             self.plan_push(queue, tip, confirmed, snapshot.copied)
-
-    def chunk_end(self, ours: list[str]) -> str:
-        """The end of the first chunk of our unpushed messages."""
-        if len(ours) <= self.target.state.chunk:
-            return ours[-1]
-        self.more = True
-        return ours[self.target.state.chunk - 1]
 
     def reparent(
         self, queue: str, local: str | None, confirmed: str, split: Split | None, outbox: Outbox
