@@ -22,12 +22,20 @@ from datetime import UTC, datetime
 
 from gitmq import message as fmt
 from gitmq import names
-from gitmq.errors import NotFoundError, UsageError
+from gitmq.errors import NotFoundError, RemoteError, UsageError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.replay import Outbox
 from gitmq.storage import Storage
-from gitmq.storage.remote import Credentials, RefUpdate, fetch, ls_remote, push_atomic
+from gitmq.storage.remote import (
+    Credentials,
+    PushRefused,
+    PushRejected,
+    RefUpdate,
+    fetch,
+    ls_remote,
+    push_atomic,
+)
 
 RESTORE, ADOPT = "restore", "adopt-remote"
 
@@ -185,7 +193,19 @@ class Repair:
             replaced = len(self.storage.divergence(remote_tip, confirmed)[0])
         update = RefUpdate(confirmed, self.ref, lease=remote_tip or "")
         t = self.target
-        push_atomic(self.storage.git_dir, t.url, [update], t.credentials)
+        try:
+            push_atomic(self.storage.git_dir, t.url, [update], t.credentials)
+        except PushRefused as exc:
+            raise RemoteError(
+                f"remote {t.name} refused to restore {self.ref} ({exc.refused[self.ref]}"
+                f"{': ' + exc.said if exc.said else ''}); allow a forced update of it for the "
+                f"repair, or use --adopt-remote (docs/operations.md)"
+            ) from None
+        except PushRejected:
+            raise RemoteError(
+                f"remote {t.name}: {self.ref} moved while it was being restored; run the "
+                f"repair again"
+            ) from None
         return RepairReport(self.queue, RESTORE, remote_tip, confirmed, replaced=replaced)
 
     def _adopt(self, confirmed: str | None, remote_tip: str | None) -> RepairReport:

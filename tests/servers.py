@@ -584,6 +584,73 @@ Host {self.host_alias} {LOCALHOST}
         return {"GIT_SSH_COMMAND": f"ssh -F {shlex.quote(str(self.ssh_config))}"}
 
 
+class Gitolite(SshServer):
+    """gitolite3 (Debian's) behind the tests' sshd: a real access-controlled git server
+    whose per-ref rules refuse updates as GitHub's protection does (TESTING.md).
+
+    It runs as the system user ``USER`` (one fixed name, made once, reused), whose home
+    is ``workdir/home``; the client key is the user ``node`` in ``rules``, the one
+    repository ``queues``. Needs root (useradd, sshd switching users)."""
+
+    kind = "gitolite"
+    USER = "gitmq-gitolite"
+
+    def __init__(self, workdir: Path, rules: str) -> None:
+        # Its home must be reachable by its user: pytest's folders are root's alone.
+        self.home = Path(tempfile.mkdtemp(prefix="gitmq-gitolite-", dir="/tmp"))
+        self.home.chmod(0o755)
+        super().__init__(self.home / "repositories", workdir)
+        self.rules = rules
+        self.user = self.USER
+        self.admin_key = workdir / "admin_ed25519"
+
+    def prepare(self, port: int) -> None:
+        super().prepare(port)
+        if not self.admin_key.exists():
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.admin_key],
+                 server_env(), None, True, 30.0)  # fmt: skip
+        if subprocess.run(["id", self.USER], capture_output=True, check=False).returncode:
+            _run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir", "/nonexistent",
+                  self.USER], server_env(), None, True, 30.0)  # fmt: skip
+            _run(["usermod", "-p", "*", self.USER], server_env(), None, True, 30.0)
+        _run(["usermod", "--home", self.home, self.USER], server_env(), None, True, 30.0)
+        shutil.copy(self.admin_key.with_suffix(".pub"), self.home / "admin.pub")
+        _run(["chown", "-R", self.USER, str(self.home)], server_env(), None, True, 30.0)
+        conf = self.home / ".gitolite" / "conf"
+        keydir = self.home / ".gitolite" / "keydir"
+        self._as_user(["gitolite", "setup", "-pk", str(self.home / "admin.pub")])
+        conf.mkdir(parents=True, exist_ok=True)
+        keydir.mkdir(parents=True, exist_ok=True)
+        (conf / "gitolite.conf").write_text(f"repo gitolite-admin\n    RW+ = admin\n{self.rules}")
+        shutil.copy(self.client_key.with_suffix(".pub"), keydir / "node.pub")
+        _run(["chown", "-R", self.USER, str(self.home)], server_env(), None, True, 30.0)
+        self._as_user(["gitolite", "compile"])
+        self._as_user(["gitolite", "trigger", "POST_COMPILE"])
+
+    def _as_user(self, argv: list[str]) -> None:
+        env = {**server_env(), "HOME": str(self.home)}
+        _run(["runuser", "-u", self.USER, "--", "env", f"HOME={self.home}", *argv], env, None,
+             True, 60.0)  # fmt: skip
+
+    def _sshd_config_text(self, port: int) -> str:
+        text = super()._sshd_config_text(port)
+        keys = self.home / ".ssh" / "authorized_keys"
+        ours = f'AuthorizedKeysFile "{self.authorized_keys}"'
+        return text.replace(ours, f'AuthorizedKeysFile "{keys}"') + f"AllowUsers {self.USER}\n"
+
+    def url(self, name: str) -> str:
+        return f"ssh://{self.USER}@{LOCALHOST}:{self.require_port()}/{name}"
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
 def _find_binary(name: str) -> str:
     """Absolute path of a server binary (sshd refuses to run from a relative one)."""
     path = os.environ.get("PATH", os.defpath) + ":/usr/local/sbin:/usr/sbin:/sbin"
