@@ -114,11 +114,13 @@ class RepairReport:
         was = self.remote_tip[:12] if self.remote_tip else "no branch"
         text = f"queue {self.queue}: {self.action} done; remote was {was}, now {self.tip[:12]}"
         if self.action == RESTORE:
-            text += f"; {self.replaced} remote commits left the branch"
+            commits = "commit" if self.replaced == 1 else "commits"
+            text += f"; {self.replaced} remote {commits} left the branch"
             if self.replaced and self.remote_tip:
                 text += f" (still readable as {self.remote_tip} until pruned)"
         else:
-            text += f"; {self.replayed} unpushed messages re-parented onto it"
+            messages = "message" if self.replayed == 1 else "messages"
+            text += f"; {self.replayed} unpushed {messages} re-parented onto it"
             text += f"; consumer tags moved: {', '.join(self.moved) or 'none'}"
         if self.unplaced:
             text += (

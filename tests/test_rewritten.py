@@ -113,7 +113,7 @@ def test_repair_restore_pushes_the_confirmed_history_back(cluster: Cluster, cent
     out = ok(gitmq("repair", "--config", node.config, "orders", "--restore")).out
     assert out.strip() == (
         f"queue orders: restore done; remote was {foreign[:12]}, now {confirmed[:12]}; "
-        f"1 remote commits left the branch (still readable as {foreign} until pruned)"
+        f"1 remote commit left the branch (still readable as {foreign} until pruned)"
     )
     assert rev_parse(central, "refs/heads/orders") == confirmed
     ok(node.once())
@@ -140,7 +140,7 @@ def test_repair_adopt_remote_takes_its_history_and_places_the_consumers(
 
     out = ok(gitmq("repair", "--config", node.config, "orders", "--adopt-remote")).out
     assert out.strip().endswith(
-        "1 unpushed messages re-parented onto it; consumer tags moved: c-a"
+        "1 unpushed message re-parented onto it; consumer tags moved: c-a"
     ), out
     assert rev_parse(node.storage, "refs/remotes/central/orders") == foreign
     ok(node.once())
