@@ -352,3 +352,23 @@ def test_variables_are_expanded_and_paths_are_relative_to_the_file(
     assert loaded.consumers["billing"].handler.command == ("/bin/echo", "costs $5")
     assert loaded.storage_path == tmp_path / "etc" / "storage.git"
     assert loaded.identity.name == "n1"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "git@github.com:acme/queues.git",
+        "ssh://git@github.com/acme/queues.git",
+        "ssh://git@[::1]:2222/srv/queues.git",
+        "https://github.com/acme/queues.git",
+        "http://127.0.0.1:8080/q.git",
+        "git://127.0.0.1:9418/q.git",
+        "file:///srv/git/q.git",
+        "/srv/git/q.git",
+        "../central.git",
+        "/srv/odd::name/q.git",
+    ],
+)
+def test_every_kind_of_git_url_a_node_uses_is_accepted(url: str, tmp_path: Path) -> None:
+    (tmp_path / "node.yml").write_text(BASE.replace("git://127.0.0.1:9/queues.git", f"'{url}'"))
+    assert config.load(tmp_path / "node.yml").remotes["origin"].url == url
