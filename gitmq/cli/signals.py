@@ -34,6 +34,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -93,5 +94,17 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 def _ignore_while_exiting() -> None:
     """An atexit hook: the interpreter leaves ignored signals ignored as it shuts down."""
+    sys.unraisablehook = _quiet_about_late_signals
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _quiet_about_late_signals(unraisable: sys.UnraisableHookArgs) -> None:
+    """A signal that arrived just as its handler became SIG_IGN makes Python print
+    "OSError: Signal 15 ignored due to race condition" with a traceback (bpo-43406):
+    ignoring it is what we asked for, so say nothing; anything else as usual."""
+    if isinstance(unraisable.exc_value, OSError) and "ignored due to race condition" in str(
+        unraisable.exc_value
+    ):
+        return
+    sys.__unraisablehook__(unraisable)
