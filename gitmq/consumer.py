@@ -19,6 +19,7 @@ from gitmq.deadletter import DeadLetters
 from gitmq.errors import ConsumerConflictError, GitMQError, UsageError
 from gitmq.message import Identity, Message
 from gitmq.retry import RetryPolicy, Stopped, call_with_retries
+from gitmq.screen import Screen
 from gitmq.segments import OPEN, QueueSource
 from gitmq.storage import Storage
 
@@ -109,6 +110,7 @@ class Consumer:
         self.remote = storage.upstream(branch)
         self.source_ref = _source_ref(self.remote, branch, source_ref)
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
+        self.screen = Screen(self.source)
         self.retry = retry or RetryPolicy()
         self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
         self.poll_interval = poll_interval
@@ -131,7 +133,7 @@ class Consumer:
 
     def poll(self) -> Iterator[Message]:
         """The pending messages, oldest first, read lazily; the tag does not move."""
-        return (m for m in self._pending() if m.control is None)
+        return (m for m in map(self.screen.mark, self._pending()) if m.control is None)
 
     def _pending(self) -> Iterator[Message]:
         """Pending messages including segment markers."""
@@ -259,7 +261,7 @@ class Consumer:
         acked, last = self.position, None
         since = time.monotonic()
         try:
-            for message in self._pending():
+            for message in map(self.screen.mark, self._pending()):
                 if message.control is None:  # a segment marker has nothing to handle
                     if self._stop.is_set() or not self._handle(handler, message):
                         break
@@ -287,9 +289,9 @@ class Consumer:
 
     def _handle(self, handler: Handler, message: Message) -> bool:
         """Run the handler with retries; False when stopped before it succeeded.
-        A commit that is no message goes to the dead-letter queue unhandled."""
-        if message.undecodable is not None:
-            self.dead_letters.publish(message, f"undecodable: {message.undecodable}", 0)
+        A commit that is no message, or a copy, goes to the dead-letter queue unhandled."""
+        if message.unfit is not None:
+            self.dead_letters.publish(message, message.unfit, 0)
             return True
         what = f"consumer {self.name}: handler failed on {message.id}"
         try:

@@ -43,6 +43,7 @@ class DeadLetters:
             )
         self._producer = Producer(storage, self.name, author=identity, max_payload=1 << 62)
         self.count = 0
+        self.duplicates = 0  # of them, copies of an earlier message (gitmq/screen.py)
 
     def publish(self, message: Message, error: str, attempts: int) -> None:
         headers = dict(message.headers)
@@ -58,15 +59,15 @@ class DeadLetters:
         )
         self._producer.publish(message.payload, headers)
         self.count += 1
-        if message.undecodable is not None:
+        self.duplicates += message.duplicate_of is not None
+        if message.unfit is not None:
             log.error(
-                "consumer %s: commit %s on queue %s is not a message (%s); moved to "
-                "dead-letter queue %s unhandled",
+                "consumer %s: commit %s on queue %s moved to dead-letter queue %s unhandled: %s",
                 self.consumer,
                 message.sha,
                 self.queue,
-                message.undecodable,
                 self.name,
+                message.unfit,
             )
             return
         log.error(

@@ -62,6 +62,21 @@ class Message:
     # Why this commit is not a message (docs/format.md), None for every real one;
     # then payload is the raw commit message and consumers dead-letter it.
     undecodable: str | None = None
+    # The commit of an earlier message on the queue with this message's gitmq-id,
+    # set by a consumer's screen (gitmq/screen.py): this one is a copy.
+    duplicate_of: str | None = None
+
+    @property
+    def unfit(self) -> str | None:
+        """Why a consumer dead-letters this commit unhandled, or None (docs/semantics.md)."""
+        if self.undecodable is not None:
+            return f"undecodable: {self.undecodable}"
+        if self.duplicate_of is not None:
+            return (
+                f"duplicate: message {self.id} is already on the queue as commit "
+                f"{self.duplicate_of}; a copy is not delivered again"
+            )
+        return None
 
     @property
     def text(self) -> str:
@@ -285,6 +300,10 @@ def _header(body: bytes, name: str) -> str | None:
     return head[start : end if end >= 0 else len(head)].decode("ascii", "replace")
 
 
+#: How a derived id starts (a message written without ``gitmq-id``).
+DERIVED_PREFIX = "sha1-"
+
+
 def derived_id(body: bytes) -> str:
     """A stable id for a message written without one (by the Ruby gem or git).
 
@@ -292,7 +311,8 @@ def derived_id(body: bytes) -> str:
     """
     head, _, message = body.partition(b"\n\n")
     author = next((ln for ln in head.split(b"\n") if ln.startswith(b"author ")), b"")
-    return "sha1-" + hashlib.sha1(author + b"\n" + message, usedforsecurity=False).hexdigest()
+    digest = hashlib.sha1(author + b"\n" + message, usedforsecurity=False).hexdigest()
+    return DERIVED_PREFIX + digest
 
 
 def _is_plain(payload: bytes) -> bool:

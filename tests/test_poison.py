@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nodes import Cluster
 from servers import GitDaemon
-from util import git, git_text, gitmq, ok, rev_parse, run, wait_for
+from util import git, git_text, gitmq, ok, plant, rev_parse, run, wait_for, write_commit
 
 from gitmq import Consumer, Identity, Storage
 from gitmq.message import EMPTY_TREE, Draft, decode, encode
@@ -82,19 +82,6 @@ CASES = {
 }
 
 
-def write_commit(repo: Path, body: bytes) -> str:
-    """Write ``body`` as a commit object, unchecked (as a hostile client can)."""
-    out = git(repo, "hash-object", "-t", "commit", "--literally", "-w", "--stdin", input=body)
-    return out.decode().strip()
-
-
-def plant(repo: Path, body: bytes, ref: str = "refs/heads/orders") -> str:
-    """Write ``body`` as a commit and point ``ref`` at it."""
-    sha = write_commit(repo, body)
-    git(repo, "update-ref", ref, sha)
-    return sha
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
     tmp_path: Path, case: str
@@ -114,7 +101,8 @@ def test_a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
 
     consumed = ok(gitmq("consume", path, "orders", "reader", "--drain"))
     assert consumed.out.splitlines() == [GOOD["first"], GOOD["second"]]
-    assert f"commit {poison} on queue orders is not a message ({CASES[case]})" in consumed.err
+    expected = f"commit {poison} on queue orders moved to dead-letter queue orders.dlq unhandled"
+    assert f"{expected}: undecodable: {CASES[case]}" in consumed.err
     assert rev_parse(path, "refs/tags/reader") == rev_parse(path, "refs/heads/orders")
 
     with Storage(path, create=False) as storage:

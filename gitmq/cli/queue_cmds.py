@@ -20,6 +20,8 @@ from gitmq.handlers import command_handler, header_variable
 from gitmq.message import Identity, Message
 from gitmq.producer import Producer, default_identity
 from gitmq.retry import RetryPolicy
+from gitmq.screen import Screen
+from gitmq.segments import QueueSource
 from gitmq.status import storage_status
 from gitmq.storage import Storage
 
@@ -222,6 +224,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "headers": dict(message.headers),
         **payload,
         **({"undecodable": message.undecodable} if message.undecodable is not None else {}),
+        **({"duplicate_of": message.duplicate_of} if message.duplicate_of is not None else {}),
     }
 
 
@@ -231,15 +234,25 @@ def cmd_log(args: argparse.Namespace) -> int:
         tip = storage.read_ref(ref)
         if tip is None:
             raise NotFoundError(f"queue {args.queue!r} does not exist in {storage.path}")
-        for message in storage.recent(tip, args.limit):
+        # Oldest first through a screen, which marks copies of an earlier message.
+        screen = Screen(QueueSource(storage, args.queue))
+        shas = storage.recent_commits(tip, args.limit)[::-1]
+        for message in reversed([screen.mark(storage.read(sha)) for sha in shas]):
             if args.json:
                 print(json.dumps(message_json(message)))
             else:
-                shown = _preview(message.payload)
-                if message.undecodable is not None:
-                    shown = f"[undecodable: {message.undecodable}] {shown}"
-                print(f"{message.id}  {message.time.isoformat()}  {message.author}  {shown}")
+                when, who = message.time.isoformat(), message.author
+                print(f"{message.id}  {when}  {who}  {_shown(message)}")
     return 0
+
+
+def _shown(message: Message) -> str:
+    shown = _preview(message.payload)
+    if message.undecodable is not None:
+        return f"[undecodable: {message.undecodable}] {shown}"
+    if message.duplicate_of is not None:
+        return f"[copy of {message.duplicate_of[:12]}] {shown}"
+    return shown
 
 
 def _preview(payload: bytes, width: int = 60) -> str:

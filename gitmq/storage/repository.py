@@ -461,11 +461,15 @@ class Storage:
 
     def recent(self, tip: str, limit: int) -> Iterator[Message]:
         """The newest ``limit`` messages up to ``tip`` (0: all), newest first."""
+        for sha in self.recent_commits(tip, limit):
+            yield self.read(sha)
+
+    def recent_commits(self, tip: str, limit: int) -> list[str]:
+        """The ids of the newest ``limit`` commits up to ``tip`` (0: all), newest first."""
         args = ["rev-list", "--first-parent", tip]
         if limit > 0:
             args.insert(1, f"--max-count={limit}")
-        for sha in gitcli.run(self.git_dir, args).stdout.decode("ascii").split():
-            yield self.read(sha)
+        return gitcli.run(self.git_dir, args).stdout.decode("ascii").split()
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         """True when ``older`` is ``newer`` or one of its ancestors."""
