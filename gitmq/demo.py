@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gitmq.errors import GitMQError
+from gitmq.errors import ConfigError
 from gitmq.message import Message
 from gitmq.storage import Storage
 from gitmq.storage.daemon import start_git_daemon
@@ -52,7 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     config_dir = Path(args.config_dir or Path(__file__).parent.parent / "config" / "demo")
     if not (config_dir / "node-a.yml").is_file():
-        raise GitMQError(f"demo configs not found in {config_dir}; pass --config-dir")
+        raise ConfigError(
+            f"demo configs not found in {config_dir} (no node-a.yml); pass --config-dir "
+            f"with the checkout's config/demo folder"
+        )
     work = Path(tempfile.mkdtemp(prefix="gitmq-demo-"))
     print(f"demo directory: {work}")
     daemon = nodes = None

@@ -59,7 +59,9 @@ def storage_status(storage: Storage) -> dict[str, Any]:
 
 def _locate(storage: Storage, position: str, sources: dict[str, str]) -> tuple[str | None, int]:
     """The queue whose (confirmed) history holds ``position`` and how many messages
-    follow it."""
+    follow it (none for a tag that names no commit: a hand edit, a release tag)."""
+    if not storage.is_commit(position):
+        return None, 0
     for queue, tip in sorted(sources.items()):
         if storage.is_ancestor(position, tip):
             return queue, storage.count(position, tip)

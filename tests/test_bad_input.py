@@ -4,9 +4,12 @@ and nothing changed.
 Each case runs one ``gitmq`` command, as a user would, against a fresh storage
 ``s.git`` (queue ``orders`` with two messages, consumer ``c`` after the first)
 and checks the exact first line of stderr, the exit code, and that the
-storage's refs and objects are as before (``git fsck`` clean). Config files
-have their own table in ``tests/test_config.py``; a full disk and a read-only
-storage need a mount and have their own tests below.
+storage's refs and objects are as before (``git fsck`` clean), and that no
+command ran (``{t}/pwned`` is never made). Cases with a node config write it
+to ``{t}/node.yml`` and run the command that reads it (``node``, ``repair``,
+``prune``, ``github``); every mistake a config can hold has its own table in
+``tests/test_config.py``. A full disk and a read-only storage need a mount and
+have their own tests below.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from util import GITMQ_CONSUME, git, gitmq, ok, rev_parse, run
+from util import GITMQ_CONSUME, GITMQ_PRODUCE, git, gitmq, ok, rev_parse, run
 
 SETUPS: dict[str, Callable[[Path], None]] = {}
 
@@ -54,6 +57,28 @@ def team_queues(tmp: Path) -> None:
 
 
 @setup
+def tag_queue(tmp: Path) -> None:
+    """The queue ref names an annotated tag object, not a commit."""
+    git(tmp / "s.git", "tag", "-a", "-m", "release", "v1", "orders")
+    tag = git(tmp / "s.git", "rev-parse", "refs/tags/v1").decode()
+    (tmp / "s.git" / "refs" / "heads" / "orders").write_text(tag)  # update-ref refuses
+
+
+@setup
+def blob_consumer(tmp: Path) -> None:
+    """Consumer c's tag names a blob."""
+    blob = git(tmp / "s.git", "hash-object", "-w", "--stdin", input=b"not a commit\n")
+    git(tmp / "s.git", "update-ref", "refs/tags/c", blob.decode().strip())
+
+
+@setup
+def foreign_consumer(tmp: Path) -> None:
+    """Consumer c's tag names a commit of another history."""
+    other = git(tmp / "s.git", "commit-tree", EMPTY_TREE, "-m", "elsewhere")
+    git(tmp / "s.git", "update-ref", "refs/tags/c", other.decode().strip())
+
+
+@setup
 def a_file(tmp: Path) -> None:
     (tmp / "file").write_text("not a storage\n")
     (tmp / "full").mkdir()
@@ -68,9 +93,26 @@ class Bad:
     setup: str | None = None
     stdin: bytes | None = None
     fsck: bool = True  # False where the setup itself breaks the repository
+    config: str | bytes | None = None  # written to {t}/node.yml first ({t}, {s} filled)
 
 
 S = "{s}"
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+NODE = ("node", "--once", "--config", "{t}/node.yml")
+
+
+def node_config(url: str = "git://127.0.0.1:9/q.git", consumer: str = "") -> str:
+    """A node config for the test's storage, with one consumer of orders (``consumer``:
+    its other keys, ``|`` between lines)."""
+    consumer = (consumer or "handler:|  command: [/bin/true]").replace("|", "\n    ")
+    return (
+        "node:\n  name: n1\nstorage:\n  path: {s}\nremotes:\n  origin:\n"
+        f"    url: {url}\nqueues:\n  orders:\n    remote: origin\n"
+        f"consumers:\n  billing:\n    queue: orders\n    {consumer}\n"
+    )
+
+
+USE = "use https://, http://, ssh://, git://, file://, host:path or a local path"
 NOT_ON_PATH = "is not an executable file on PATH; install it or fix the name (nothing was consumed)"
 CASES: dict[str, Bad] = {
     # -- names
@@ -303,6 +345,195 @@ CASES: dict[str, Bad] = {
     "prune with a config that does not exist": Bad(
         ("prune", "--config", "{t}/none.yml"), 5, "config file {t}/none.yml does not exist"
     ),
+    # -- a node and its config, through the commands that read it
+    "a node whose remote URL is an option": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: remotes.origin.url: '--upload-pack=touch {t}/pwned' starts with '-', "
+        f"which git would read as an option; {USE}",
+        config=node_config("'--upload-pack=touch {t}/pwned'"),
+    ),
+    "a node whose remote URL runs a command": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: remotes.origin.url: 'ext::sh -c touch% {t}/pwned' uses git's 'ext::' "
+        f"transport, which runs commands; {USE}",
+        config=node_config("'ext::sh -c touch% {t}/pwned'"),
+    ),
+    "a node with a password in its URL": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: remotes.origin.url: secrets never go in the config file: put the token "
+        "in an environment variable and name it with token_env",
+        config=node_config("https://user:secret@example.com/q.git"),
+    ),
+    "a node with a zero remote timeout": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: remotes.origin.timeout: must be more than 0 (the default is 60s)",
+        config=node_config("git://127.0.0.1:9/q.git\n    timeout: 0s"),
+    ),
+    "a node with a consumer given twice": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: line 16 column 3: not valid YAML: the key 'billing' is given twice "
+        "(first on line 12); keep one of them",
+        config=node_config() + "  billing:\n    queue: orders\n",
+    ),
+    "a node config that is not UTF-8": Bad(
+        NODE,
+        5,
+        "config file {t}/node.yml is not UTF-8 text (byte 17 is 0xe9); save it as UTF-8",
+        config="node:\n  name: caf\xe9\n".encode("latin-1"),
+    ),
+    "a node whose handler program is missing": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: consumers.billing.handler.command: handler command '/nonexistent/x' is "
+        "not an executable file; install it or fix the name (nothing was consumed)",
+        config=node_config(consumer="handler:|  command: [/nonexistent/x]"),
+    ),
+    "a node whose python handler is missing": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: consumers.billing.handler.python: python handler "
+        "'no_such_gitmq_module:handle': cannot import 'no_such_gitmq_module': No module named "
+        "'no_such_gitmq_module'",
+        config=node_config(consumer="handler:|  python: no_such_gitmq_module:handle"),
+    ),
+    "a node that dead-letters onto the queue": Bad(
+        NODE,
+        5,
+        "{t}/node.yml: consumers.billing.dead_letter: must differ from the queue it consumes",
+        config=node_config(consumer="dead_letter: orders|handler:|  command: [/bin/true]"),
+    ),
+    "a node with an unknown log level": Bad(
+        ("node", "--log-level", "loud", "--config", "{t}/node.yml"),
+        2,
+        "argument --log-level: invalid choice: 'loud' (choose from 'debug', 'info', 'warning', "
+        "'error') (see 'gitmq node --help')",
+    ),
+    "a node without a config": Bad(
+        ("node", "--once"),
+        2,
+        "the following arguments are required: --config (see 'gitmq node --help')",
+    ),
+    "a config check of no file": Bad(
+        ("config", "check"),
+        2,
+        "the following arguments are required: file (see 'gitmq config check --help')",
+    ),
+    "a repair of a queue the config lacks": Bad(
+        ("repair", "--config", "{t}/node.yml", "invoices", "--restore"),
+        2,
+        "queue 'invoices' is not in {t}/node.yml (queues there: orders)",
+        config=node_config(consumer="handler:|  command: [/bin/true]"),
+    ),
+    "a prune of a queue without a policy": Bad(
+        ("prune", "--config", "{t}/node.yml", "--queue", "orders"),
+        2,
+        "queue 'orders' has no prune policy in {t}/node.yml",
+        config=node_config(consumer="handler:|  command: [/bin/true]"),
+    ),
+    "a github check without a github section": Bad(
+        ("github", "check", "--config", "{t}/node.yml"),
+        5,
+        "{t}/node.yml: github: is required for 'gitmq github'",
+        config=node_config(consumer="handler:|  command: [/bin/true]"),
+    ),
+    "a demo without its configs": Bad(
+        ("demo", "--config-dir", "{t}/nowhere"),
+        5,
+        "demo configs not found in {t}/nowhere (no node-a.yml); pass --config-dir with the "
+        "checkout's config/demo folder",
+    ),
+    "a node whose storage is a file": Bad(
+        NODE,
+        3,
+        "storage path {t}/file is a file, not a directory; choose another path",
+        setup="a_file",
+        config="node:\n  name: n1\nstorage:\n  path: {t}/file\n",
+    ),
+    # -- more of the command line
+    "attempts that are no number": Bad(
+        ("consume", "--drain", "--max-attempts", "x", S, "orders", "c"),
+        2,
+        "argument --max-attempts: invalid int value: 'x' (see 'gitmq consume --help')",
+    ),
+    "a consumer named like an option": Bad(
+        ("consume", "--drain", S, "orders", "--", "-x"),
+        2,
+        "invalid consumer name '-x': it starts with '-'",
+    ),
+    "seek with an invalid consumer": Bad(
+        ("seek", S, "orders", "a b", "end"),
+        2,
+        "invalid consumer name 'a b': it contains a space, a control character or one of "
+        "~ ^ : ? * [ \\",
+    ),
+    "seek to a word": Bad(
+        ("seek", S, "orders", "c", "yesterday"),
+        4,
+        "no message 'yesterday' on queue 'orders'; give a message id, a commit id, an ISO "
+        "time, 'beginning' or 'end'",
+    ),
+    "deleting a consumer with an invalid name": Bad(
+        ("consumer", "delete", S, "orders", "a:b"),
+        2,
+        "invalid consumer name 'a:b': it contains a space, a control character or one of "
+        "~ ^ : ? * [ \\",
+    ),
+    "a payload over the default limit": Bad(
+        ("publish", S, "orders"),
+        2,
+        "payload of 2000000 bytes is over the limit of 1048576 bytes for queue 'orders'; "
+        "nothing was published (raise max_payload or store large data elsewhere and publish "
+        "a reference)",
+        stdin=b"a" * 2_000_000,
+    ),
+    "a queue name over 200 bytes": Bad(
+        ("publish", S, "q" * 201, "x"),
+        2,
+        f"invalid queue name '{'q' * 201}': it is longer than 200 bytes",
+    ),
+    "a header value over two lines": Bad(
+        ("publish", "--header", "k=a\nb", S, "orders", "x"),
+        2,
+        "invalid value for header 'k': it must be one line",
+    ),
+    "an --exec that is a folder": Bad(
+        ("consume", "--drain", "--exec", "{t}", S, "orders", "c"),
+        2,
+        "handler command '{t}' is not an executable file; install it or fix the name "
+        "(nothing was consumed)",
+    ),
+    "gitmq-produce without a queue": Bad(
+        ("--gem-produce", S),
+        2,
+        "the following arguments are required: branch (see 'gitmq-produce --help')",
+    ),
+    "a queue ref that names a tag object": Bad(
+        ("log", S, "orders"),
+        3,
+        "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it "
+        "from the remote or point it at a commit with 'git update-ref'",
+        setup="tag_queue",
+        fsck=False,
+    ),
+    "a consumer tag that names a blob": Bad(
+        ("consume", "--drain", S, "orders", "c"),
+        7,
+        "consumer 'c' is at {tag12}, which is not on queue 'orders'; reset it with 'gitmq "
+        "seek' (see docs/operations.md)",
+        setup="blob_consumer",
+    ),
+    "a consumer tag on another history": Bad(
+        ("consume", "--drain", S, "orders", "c"),
+        7,
+        "consumer 'c' is at {tag12}, which is not on queue 'orders'; reset it with 'gitmq "
+        "seek' (see docs/operations.md)",
+        setup="foreign_consumer",
+    ),
 }
 
 
@@ -360,21 +591,29 @@ def test_bad_input_gets_one_exact_line_and_changes_nothing(tmp: Path, case: str)
         SETUPS[bad.setup](tmp)
     before = state(tmp)
     blob = rev_parse(tmp / "s.git", "refs/heads/orders") or ""
-    fill = {"{s}": str(tmp / "s.git"), "{t}": str(tmp), "{blob}": blob}
+    tag12 = (rev_parse(tmp / "s.git", "refs/tags/c") or "")[:12]
+    fill = {"{s}": str(tmp / "s.git"), "{t}": str(tmp), "{blob}": blob, "{tag12}": tag12}
 
     def filled(text: str) -> str:
         for key, value in fill.items():
             text = text.replace(key, value)
         return text
 
+    if isinstance(bad.config, str):
+        (tmp / "node.yml").write_text(filled(bad.config))
+    elif bad.config is not None:
+        (tmp / "node.yml").write_bytes(bad.config)
     argv = [filled(a) for a in bad.argv]
-    if argv[0] == "--gem-consume":  # the gem's own command line
+    if argv[0] == "--gem-consume":  # the gem's own command lines
         result = run([*GITMQ_CONSUME, *argv[1:]], cwd=tmp)
+    elif argv[0] == "--gem-produce":
+        result = run([*GITMQ_PRODUCE, *argv[1:]], cwd=tmp)
     else:
         result = gitmq(*argv, input=bad.stdin, cwd=tmp)
     assert result.status == bad.status, str(result)
     assert result.err.splitlines() == ["error: " + filled(bad.error)], str(result)
     assert state(tmp) == before
+    assert not (tmp / "pwned").exists()  # no URL or option ran a command
     if bad.fsck:
         git(tmp / "s.git", "fsck", "--no-dangling")
 

@@ -418,6 +418,14 @@ class Storage:
         most one look at the pack directory a second. Long-lived idle readers call it."""
         self._reader.check()
 
+    def is_commit(self, sha: str) -> bool:
+        """Whether ``sha`` is a commit here (not a blob, a tree, a tag, or missing)."""
+        try:
+            self.read_body(sha)
+        except GitMQError:
+            return False
+        return True
+
     def read(self, sha: str) -> Message:
         return fmt.decode(sha, self.read_body(sha))
 
