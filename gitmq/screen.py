@@ -20,12 +20,15 @@ two real messages may share, so they are never called copies.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import deque
 
 from gitmq import message as fmt
-from gitmq.errors import ConsumerConflictError
+from gitmq.errors import ConsumerConflictError, GitMQError
 from gitmq.message import Message
 from gitmq.segments import OPEN, QueueSource
+
+log = logging.getLogger("gitmq.consumer")
 
 #: How many earlier messages a message's id is compared with.
 WINDOW = 10_000
@@ -55,9 +58,17 @@ class Screen:
         """``message``, with ``duplicate_of`` set when it is a copy."""
         if self._last is not None and self._last.sha == message.sha:
             return self._last  # the same message again: a pass that stopped on it
+        try:
+            return self._mark(message)
+        except GitMQError as exc:  # history cut by pruning, a repack race: start afresh
+            log.debug("screen: window dropped at %s: %s", message.sha, exc)
+            self._clear(None)
+            return message
+
+    def _mark(self, message: Message) -> Message:
         crossed = message.control == OPEN and message.parent is None
         if message.parent != self._at and not crossed:
-            self._move_to(message.parent)
+            self._move_to(message)
         key = _key(message)
         if key != _NONE and key in self._seen:
             earlier = self._find(message)
@@ -76,27 +87,32 @@ class Screen:
         while len(self._keys) > self.window:
             self._seen.discard(self._keys.popleft())
 
-    def _move_to(self, parent: str | None) -> None:
-        """Make the window end at ``parent`` (None: the start of the queue)."""
+    def _move_to(self, message: Message) -> None:
+        """Make the window end just before ``message``. Its history is read from the
+        message itself, never from its parent, which pruning may have dropped."""
         at, self._last = self._at, None
-        if parent is not None and at is not None and self.storage.is_ancestor(at, parent):
-            skipped = self.storage.commits_between(at, parent)
-            if len(skipped) < self.window:  # a jump forward: add what it skipped
-                self._read(skipped)
-                self._at = parent
-                return
-        elif parent is not None and at is not None and self.storage.is_ancestor(parent, at):
-            back = self.storage.count(parent, at)
-            if back < len(self._keys):  # a step back: drop what follows
-                for _ in range(back):
-                    self._seen.discard(self._keys.pop())
-                self._at = parent
-                return
+        if message.parent is not None and at is not None:
+            if self.storage.is_ancestor(at, message.sha):
+                skipped = self.storage.commits_between(at, message.sha)[:-1]
+                if len(skipped) < self.window:  # a jump forward: add what it skipped
+                    self._read(skipped)
+                    self._at = message.parent
+                    return
+            elif self.storage.is_ancestor(message.sha, at):
+                back = self.storage.count(message.sha, at) + 1  # the message up to at
+                if back < len(self._keys):  # a step back: drop what follows
+                    for _ in range(back):
+                        self._seen.discard(self._keys.pop())
+                    self._at = message.parent
+                    return
+        self._clear(message.parent)
+        if message.parent is not None:
+            self._read(self._before(message)[::-1])
+
+    def _clear(self, at: str | None) -> None:
         self._keys.clear()
         self._seen.clear()
-        self._at = parent
-        if parent is not None:
-            self._read(self._history(parent, self.window)[::-1])
+        self._at, self._last = at, None
 
     def _read(self, shas: list[str]) -> None:
         for sha, body in zip(shas, self.storage.read_bodies(shas), strict=True):
@@ -119,12 +135,14 @@ class Screen:
                 break
         return shas
 
+    def _before(self, message: Message) -> list[str]:
+        """The ``window`` commits before ``message``, newest first."""
+        return self._history(message.sha, self.window + 1)[1:]
+
     def _find(self, message: Message) -> str | None:
         """The commit of the nearest earlier message with the id of ``message`` (a hash match
         is checked against the real id), or None."""
-        if message.parent is None:
-            return None
-        for sha in self._history(message.parent, self.window):
+        for sha in self._before(message):
             if fmt.message_id(self.storage.read_body(sha)) == message.id:
                 return sha
         return None
