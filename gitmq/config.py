@@ -8,6 +8,7 @@ turn a feature off. The rest of GitMQ never sees a raw dict.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from gitmq import names
+from gitmq.budget import Budget, default_budget
 from gitmq.config_section import Section
 from gitmq.deadletter import dead_letter_queue
-from gitmq.errors import ConfigError, GitMQError
+from gitmq.errors import ConfigError, GitMQError, InvalidNameError
 from gitmq.handlers import check_program, python_handler
 from gitmq.message import Identity
 from gitmq.producer import DEFAULT_MAX_PAYLOAD
@@ -33,11 +35,14 @@ class RemoteConfig:
     name: str
     url: str
     token_env: str | None = None
+    token_file: Path | None = None
     token_user: str = "x-access-token"
     ssh_key: Path | None = None
     known_hosts: Path | None = None
     ssh_config: Path | None = None
     timeout: float = 60.0
+    budget: Budget = field(default_factory=Budget)
+    ssh_reuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class SyncConfig:
     jitter: float = 0.0
     max_push_attempts: int = 5
     poll: float | None = None  # fetch-only cycles in between: lower latency, no more pushes
+    eager: bool | None = None  # sync on a local publish; None: for remotes with a budget
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,10 @@ def _node(top: Section, base: Path) -> NodeConfig:
     node = top.section("node", required=True)
     assert node is not None
     name = node.text("name", required=True)
+    try:
+        names.check_node(name)
+    except InvalidNameError as exc:
+        raise node.error("name", str(exc)) from None
     ident = node.section("identity")
     identity = _identity(ident, name)
     node.done()
@@ -215,12 +225,15 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         name=name,
         url=sec.text("url", required=True),
         token_env=sec.text("token_env"),
+        token_file=sec.path_value("token_file", base),
         token_user=sec.text("token_user", "x-access-token"),
         ssh_key=sec.path_value("ssh_key", base),
         known_hosts=sec.path_value("known_hosts", base),
         ssh_config=sec.path_value("ssh_config", base),
         timeout=sec.duration("timeout", 60.0),
+        ssh_reuse=sec.flag("ssh_reuse", True),
     )
+    remote = dataclasses.replace(remote, budget=_budget(sec, remote.url))
     secret = (
         "secrets never go in the config file: put the token in an "
         "environment variable and name it with token_env"
@@ -238,8 +251,38 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         )
     if remote.timeout <= 0:
         raise sec.error("timeout", "must be more than 0 (the default is 60s)")
+    if remote.token_env and remote.token_file:
+        raise sec.error("token_file", "give token_env or token_file, not both")
     sec.done()
     return remote
+
+
+def _budget(sec: Section, url: str) -> Budget:
+    """``budget: {reads_per_minute: N, pushes_per_minute: M}`` or ``budget: unlimited``;
+    unset: GitHub's default for a github.com remote, else none."""
+    value = sec.get("budget")
+    if value is None:
+        return default_budget(url)
+    if value == "unlimited":
+        return Budget()
+    if not isinstance(value, dict):
+        sec.fail("budget", "a mapping (reads_per_minute, pushes_per_minute) or 'unlimited'", value)
+    budget = sec.section("budget")
+    assert budget is not None
+    default = default_budget(url)
+    rates = []
+    for key, fallback in (
+        ("reads_per_minute", default.reads_per_minute),
+        ("pushes_per_minute", default.pushes_per_minute),
+    ):
+        rate = budget.get(key, fallback)
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)):
+            budget.fail(key, "a number of requests a minute (more than 0)", rate)
+        if rate is not None and rate <= 0:
+            raise budget.error(key, "must be more than 0 (leave it out for no limit)")
+        rates.append(None if rate is None else float(rate))
+    budget.done()
+    return Budget(rates[0], rates[1])
 
 
 _URL_SCHEMES = ("https", "http", "ssh", "git", "file")
@@ -432,7 +475,10 @@ def _sync(sec: Section | None) -> SyncConfig:
         jitter=sec.duration("jitter", 0.0),
         max_push_attempts=sec.number("max_push_attempts", 5, minimum=1),
         poll=sec.duration("poll"),
+        eager=sec.get("eager"),
     )
+    if config.eager is not None and not isinstance(config.eager, bool):
+        sec.fail("eager", "true or false", config.eager)
     sec.done()
     if config.interval <= 0:
         raise sec.error("interval", "must be more than 0s")

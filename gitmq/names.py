@@ -57,6 +57,15 @@ def check_consumer(name: str) -> str:
     return name
 
 
+def check_node(name: str) -> str:
+    """Return ``name`` if it can be a node name (one ref component: ``registry.py``)."""
+    _require_str(name, "a node name")
+    problem = _problem(name) or ("it contains '/'" if "/" in name else None)
+    if problem:
+        raise InvalidNameError(f"invalid node name {name!r}: {problem}")
+    return name
+
+
 def _require_str(value: object, what: str) -> None:
     if not isinstance(value, str):
         raise InvalidNameError(f"{what} must be a str, not {type(value).__name__}")

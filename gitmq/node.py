@@ -14,12 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
+from gitmq import eager
+from gitmq.budget import Pace
 from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
 from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
 from gitmq.handlers import command_handler, python_handler
 from gitmq.message import Message
+from gitmq.presence import Presence
 from gitmq.prune import PruneReport, prune_queue
+from gitmq.registry import Registry
 from gitmq.schedule import scheduler_for
 from gitmq.storage import Storage
 from gitmq.storage.remote import Credentials
@@ -51,16 +55,19 @@ def credentials(remote: RemoteConfig, environ: Mapping[str, str]) -> Credentials
             )
     return Credentials(
         token=token,
+        token_file=remote.token_file,
         token_user=remote.token_user,
         ssh_key=remote.ssh_key,
         known_hosts=remote.known_hosts,
         ssh_config=remote.ssh_config,
         timeout=remote.timeout,
+        ssh_reuse=remote.ssh_reuse,
     )
 
 
 def sync_targets(config: NodeConfig, environ: Mapping[str, str]) -> dict[str, SyncTarget]:
     """What the node syncs with each remote of ``config``."""
+    demand = 60 / config.sync.interval + (60 / config.sync.poll if config.sync.poll else 0)
     return {
         name: SyncTarget(
             remote=name,
@@ -77,9 +84,36 @@ def sync_targets(config: NodeConfig, environ: Mapping[str, str]) -> dict[str, Sy
                 for q in config.queues.values()
                 if q.remote == name and q.rotate is not None
             },
+            interval=config.sync.interval,
+            pace=Pace(remote.budget, demand=demand),
+            registry=Registry(config.name) if remote.budget.limited else None,
         )
         for name, remote in config.remotes.items()
     }
+
+
+def eager_remotes(config: NodeConfig) -> set[str]:
+    """The remotes a local publish syncs with at once (``sync.eager``; by default those
+    with a budget, which keeps the host's load in bounds)."""
+    eager = config.sync.eager
+    return {n for n, r in config.remotes.items() if eager or (eager is None and r.budget.limited)}
+
+
+def consumers_for(config: NodeConfig, storage: Storage) -> list[tuple[Consumer, Handler]]:
+    return [
+        (
+            Consumer(
+                storage,
+                c.name,
+                c.queue,
+                retry=c.retry,
+                dead_letter=c.dead_letter,
+                identity=config.identity,
+            ),
+            handler_for(c),
+        )
+        for c in config.consumers.values()
+    ]
 
 
 def record_upstreams(storage: Storage, config: NodeConfig, targets: Iterable[SyncTarget]) -> None:
@@ -93,7 +127,10 @@ def record_upstreams(storage: Storage, config: NodeConfig, targets: Iterable[Syn
         storage.set_upstream(queue, remote)
 
 
-def handler_for(c: ConsumerConfig) -> Callable[[Message], object]:
+Handler = Callable[[Message], object]
+
+
+def handler_for(c: ConsumerConfig) -> Handler:
     if c.handler.command:
         return command_handler(c.handler.command, c.queue, c.name, c.handler.timeout)
     assert c.handler.python is not None
@@ -108,30 +145,23 @@ class Node:
         self.targets = sync_targets(config, os.environ if environ is None else environ)
         self.storage = Storage(config.storage_path, fsync=config.fsync)
         record_upstreams(self.storage, config, self.targets.values())
-        self.consumers = [
-            (
-                Consumer(
-                    self.storage,
-                    c.name,
-                    c.queue,
-                    retry=c.retry,
-                    dead_letter=c.dead_letter,
-                    identity=config.identity,
-                ),
-                handler_for(c),
-            )
-            for c in config.consumers.values()
-        ]
+        self.consumers = consumers_for(config, self.storage)
         self._sync_lock = threading.Lock()
+        self.presence: Presence | None = None  # the node file, while run() runs
+        for name, target in self.targets.items():
+            if target.pace.budget.limited:
+                log.info("budget %s: %s", name, target.pace.line())
+            if target.pace.shortfall():
+                log.warning("budget %s: %s", name, target.pace.shortfall())
 
     def close(self) -> None:
         self.storage.close()
 
     # -------------------------------------------------------------- one pass
 
-    def sync(self) -> list[SyncReport]:
-        """One sync cycle with every remote (the body the scheduler calls)."""
-        return [self.sync_remote(name) for name in self.targets]
+    def sync(self, leaving: bool = False) -> list[SyncReport]:
+        """One sync cycle with every remote (``leaving``: the last, at stop)."""
+        return [self.sync_remote(name, leaving) for name in self.targets]
 
     def listen_remote(self, name: str) -> SyncReport | None:
         """A fetch-only cycle between full syncs (``sync.poll``); skipped while a
@@ -146,13 +176,18 @@ class Node:
             log.info("listen %s", report.line(), extra={"sync": vars(report)})
         return report
 
-    def sync_remote(self, name: str) -> SyncReport:
+    def sync_remote(self, name: str, leaving: bool = False) -> SyncReport:
         with self._sync_lock:
-            report = sync_once(self.storage, self.targets[name])
+            report = sync_once(self.storage, self.targets[name], leaving=leaving)
         self.storage.release_deleted_packs()
+        self._show_pace(name)
         level = logging.INFO if report.ok else logging.WARNING
         log.log(level, "%s", report.line(), extra={"sync": vars(report)})
         return report
+
+    def _show_pace(self, name: str) -> None:
+        if self.presence is not None:
+            self.presence.remote(name, self.targets[name].pace.line())
 
     def prune(self, queue: str, now: datetime | None = None) -> PruneReport:
         """Apply ``queue``'s prune policy once (the body the scheduler calls)."""
@@ -194,6 +229,13 @@ class Node:
         for consumer, handler in self.consumers:
             consumer.consume(handler)
         scheduler.start()
+        self.presence = Presence(self.storage, self.config.name)
+        for name in self.targets:
+            self._show_pace(name)
+        waker = eager.Waker(
+            self.storage, self.targets, eager_remotes(self.config), self.sync_remote
+        )
+        waker.start()
         log.info(
             "node %s running: %d consumers, %d remotes",
             self.config.name,
@@ -207,7 +249,11 @@ class Node:
         log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
         for consumer, _ in self.consumers:
             consumer.stop(HANDLER_GRACE_SECONDS)
+        waker.stop()
+        for target in self.targets.values():
+            target.pace.release()  # the last sync goes out at once
         scheduler.shutdown(wait=True)
-        self.sync()
+        self.sync(leaving=True)
+        self.presence.withdraw()
         log.info("node %s stopped", self.config.name)
         return 0

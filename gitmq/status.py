@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gitmq import presence
 from gitmq.names import tracking_ref
 from gitmq.storage import Storage
 
@@ -51,6 +52,7 @@ def storage_status(storage: Storage) -> dict[str, Any]:
         )
     return {
         "path": str(storage.path),
+        "node": presence.read(storage),  # the node running here, with its pace per remote
         "queues": queues,
         "confirmed": confirmed_list,
         "consumers": consumers,

@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gitmq import repair, rotation
+from gitmq.budget import Budget, Pace
 from gitmq.errors import GitMQError
 from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
 from gitmq.refusals import Refusals, refused_line
+from gitmq.registry import BODY as REGISTRY_BODY
+from gitmq.registry import PREFIX as NODE_REFS
+from gitmq.registry import Registry
 from gitmq.replay import Outbox, Replay, ReplayState, Split, replay_since, replay_snapshot
 from gitmq.segments import QueueSource, RotationPolicy, segment_number
 from gitmq.storage import Storage
@@ -64,10 +68,16 @@ class SyncTarget:
     credentials: Credentials = field(default_factory=Credentials)
     max_attempts: int = 5
     rotations: Mapping[str, RotationPolicy] = field(default_factory=dict, hash=False)
-    #: The mutable parts, kept from cycle to cycle: chunk size and ids read, and the
-    #: updates the server refused (``refusals.py``).
+    #: The node's schedule: a cycle that keeps losing races stops after three intervals.
+    interval: float = 5.0
+    #: The mutable parts, kept from cycle to cycle: chunk size and ids read, the
+    #: updates the server refused (``refusals.py``), this node's pace within the
+    #: remote's budget (``budget.py``) and its node ref (``registry.py``; None
+    #: without a budget: nobody needs to count).
     state: ReplayState = field(default_factory=ReplayState, compare=False, hash=False)
     refusals: Refusals = field(default_factory=Refusals, compare=False, hash=False)
+    pace: Pace = field(default_factory=lambda: Pace(Budget()), compare=False, hash=False)
+    registry: Registry | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -178,9 +188,15 @@ class _Cycle:
     """The state of one attempt: the plan of what to push."""
 
     def __init__(
-        self, storage: Storage, target: SyncTarget, report: SyncReport, now: Callable[[], datetime]
+        self,
+        storage: Storage,
+        target: SyncTarget,
+        report: SyncReport,
+        now: Callable[[], datetime],
+        leaving: bool = False,
     ) -> None:
         self.storage, self.target, self.report, self.now = storage, target, report, now
+        self.leaving = leaving  # the node's last cycle: its node ref goes
         self.updates: list[RefUpdate] = []
         self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
         self.message_count = 0
@@ -207,7 +223,13 @@ class _Cycle:
             self.report.orphans_removed += self.storage.discard(self.replaced)
 
     def _run(self, listen_only: bool) -> bool:
+        pace = self.target.pace
+        if listen_only and not pace.try_read():
+            return False  # no read in the budget now: the next listen or cycle fetches
+        if not listen_only:
+            pace.cycle()
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
+        self.count_nodes(remote_refs)
         gone = self.fetch_changed(remote_refs, self.queues.branches(remote_refs))
         if listen_only:
             return False
@@ -221,6 +243,7 @@ class _Cycle:
                 self.offsets.landed(self.tags)  # resets already in place: drop their records
                 return False
             self.pushed = updates
+            pace.push()
             push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
             self.target.refusals.landed([u.ref for u in updates])
             for ref, new, old in self.confirm:
@@ -245,7 +268,26 @@ class _Cycle:
         self.tags.drop(self.excluded | self.held.tags(self.tags.updates))
         self.report.conflicts += self.tags.conflicts
         self.plan_deletions(remote_refs)
-        return self.updates + self.tags.updates
+        updates = self.updates + self.tags.updates
+        registry = self.target.registry
+        if registry is None or any(ref.startswith(NODE_REFS) for ref in self.excluded):
+            return updates
+        now = self.now().timestamp()
+        mine = registry.updates(
+            remote_refs, now, updates, self.registry_anchor, leaving=self.leaving
+        )
+        return updates + mine
+
+    def registry_anchor(self) -> str:
+        return self.storage.write_commits([REGISTRY_BODY])[0]  # in the guard: kept to the push
+
+    def count_nodes(self, remote_refs: dict[str, str]) -> None:
+        """Share the budget among the nodes the remote's node refs name."""
+        registry, pace = self.target.registry, self.target.pace
+        if registry is not None and pace.share(
+            *registry.count(remote_refs, self.now().timestamp())
+        ):
+            log.info("budget %s: %s", self.target.remote, pace.line())
 
     # step 1 -----------------------------------------------------------------
     def fetch_changed(
@@ -271,6 +313,8 @@ class _Cycle:
                     self.held.hold(branch, known, None)
         specs += self.offsets.to_fetch(remote_refs)
         tips = [sha for sha in [*before.values(), *self.offsets.seen.values()] if sha]
+        if specs:
+            self.target.pace.read()  # outside the guard: producers never wait on the budget
         with storage.writing():  # a fetch may only set refs to objects we already had
             fetch(storage.git_dir, t.url, specs, t.credentials, tips)
         self.offsets.follow(self.tags)
@@ -404,6 +448,14 @@ def _refused(target: SyncTarget, report: SyncReport, pushed: list[str], exc: Pus
         log.error("%s", line)
 
 
+def _gave_up(target: SyncTarget, report: SyncReport, started: float) -> bool:
+    """Whether a cycle stops retrying rejected pushes: after ``max_attempts``, or, with a
+    push budget (whose backoff paces the retries), after three intervals."""
+    if target.pace.pushes_per_minute is None:
+        return report.rejections >= target.max_attempts
+    return time.monotonic() - started >= 3 * target.interval
+
+
 def sync_once(
     storage: Storage,
     target: SyncTarget,
@@ -411,11 +463,13 @@ def sync_once(
     now: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     listen_only: bool = False,
+    leaving: bool = False,
 ) -> SyncReport:
     """Run one sync cycle against ``target``; never raises for remote trouble.
 
     ``listen_only`` stops after the fetch: new remote messages become
-    deliverable without a push (``sync.poll``: lower latency, same pushes)."""
+    deliverable without a push (``sync.poll``: lower latency, same pushes).
+    ``leaving``: the node's last cycle before it stops (its node ref goes)."""
     report = SyncReport(target.remote)
     started = time.monotonic()
     clock = now or (lambda: datetime.now(UTC))
@@ -425,7 +479,7 @@ def sync_once(
         target.refusals.deferred.clear()  # what a cut-short search set aside
         streak = chunks = refusals = 0  # rejections in a row; chunks gone through
         while True:
-            cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
+            cycle, pushes = _Cycle(storage, target, report, clock, leaving), report.pushes
             began, wall = time.monotonic(), datetime.now(UTC)
             try:
                 cycle.run(listen_only)
@@ -434,9 +488,10 @@ def sync_once(
                 streak += 1
                 target.state.lost()
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
-                if report.rejections >= target.max_attempts:
+                if _gave_up(target, report, started):
                     break
-                sleep(backoff(streak, time.monotonic() - began))
+                paced = target.pace.backoff(streak)  # by the budget when there is one
+                sleep(paced or backoff(streak, time.monotonic() - began))
                 continue
             except PushRefused as exc:  # the server's own decision: leave those refs out
                 refusals += 1
@@ -456,7 +511,7 @@ def sync_once(
             deferred, target.refusals.deferred = target.refusals.deferred, set()
             if not (cycle.more or deferred) or chunks >= MAX_CHUNKS:  # else go on at once
                 break
-        if report.pushes == 0 and report.rejections >= target.max_attempts:
+        if report.pushes == 0 and _gave_up(target, report, started):
             report.error = (
                 f"push rejected {report.rejections} times (other nodes kept pushing "
                 f"first); will try again next cycle"

@@ -383,14 +383,18 @@ class GitDaemon(ServerProcess):
         port: int | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        verbose: bool = False,
     ) -> None:
         super().__init__(workdir, port=port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.root = root.resolve()
+        self.verbose = verbose  # log each request, for requests()
 
     def command(self, port: int) -> list[str]:
+        logging = ["--verbose", "--log-destination=stderr"] if self.verbose else []
         return [
             "git",
             "daemon",
+            *logging,
             "--reuseaddr",
             "--export-all",
             "--enable=receive-pack",
@@ -406,6 +410,12 @@ class GitDaemon(ServerProcess):
 
     def client_env(self) -> dict[str, str]:
         return {}
+
+    def requests(self) -> tuple[int, int]:
+        """(reads, pushes) served so far: upload-pack and receive-pack requests (needs
+        ``verbose``). A ref listing and a fetch are one read each."""
+        text = self.log_text()
+        return text.count("Request upload-pack for "), text.count("Request receive-pack for ")
 
 
 class SmartHttp(ServerProcess):
@@ -432,8 +442,7 @@ class SmartHttp(ServerProcess):
         self.htpasswd = workdir / "htpasswd"
 
     def prepare(self, port: int) -> None:
-        digest = base64.b64encode(hashlib.sha1(self.token.encode()).digest()).decode()
-        self.htpasswd.write_text(f"{self.user}:{{SHA}}{digest}\n")
+        self.rotate(self.token)
         for sub in ("htdocs", "uploads"):
             (self.workdir_path / sub).mkdir(parents=True, exist_ok=True)
         self.config.write_text(self._config_text(port))
@@ -461,6 +470,14 @@ auth.require = ("/" => ("method" => "basic", "realm" => "gitmq", "require" => "v
 # lighttpd waits a second before each 401 against brute force; tests want it fast.
 server.feature-flags = ("auth.delay-invalid-creds" => "disable")
 """
+
+    def rotate(self, token: str) -> None:
+        """Accept ``token`` from now on, and no other (lighttpd reads the file anew)."""
+        self.token = token
+        digest = base64.b64encode(hashlib.sha1(token.encode()).digest()).decode()
+        tmp = self.htpasswd.with_suffix(".tmp")
+        tmp.write_text(f"{self.user}:{{SHA}}{digest}\n")
+        os.replace(tmp, self.htpasswd)
 
     def command(self, port: int) -> list[str]:
         return [_find_binary("lighttpd"), "-D", "-f", str(self.config)]

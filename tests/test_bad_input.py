@@ -250,8 +250,8 @@ CASES: dict[str, Bad] = {
         ("pubish", S, "orders", "x"),
         2,
         "argument COMMAND: invalid choice: 'pubish' (choose from 'publish', 'consume', 'log', "
-        "'status', 'seek', 'consumer', 'node', 'config', 'prune', 'repair', 'github', 'demo') "
-        "(see 'gitmq --help')",
+        "'status', 'seek', 'consumer', 'node', 'sync', 'config', 'prune', 'repair', 'github', "
+        "'demo') (see 'gitmq --help')",
     ),
     "a missing argument": Bad(
         ("publish",),

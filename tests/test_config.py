@@ -144,6 +144,46 @@ def test_the_example_documents_every_key_the_loader_accepts(tmp_path: Path) -> N
 # -- one exact error line per mistake ----------------------------------------------------
 
 BAD = {
+    "budget of zero reads": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    budget: {reads_per_minute: 0}\n",
+        ),
+        "node.yml: remotes.origin.budget.reads_per_minute: must be more than 0 (leave it out "
+        "for no limit)",
+    ),
+    "budget that is a word": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    budget: lots\n",
+        ),
+        "node.yml: remotes.origin.budget: expected a mapping (reads_per_minute, "
+        "pushes_per_minute) or 'unlimited', found 'lots'",
+    ),
+    "budget with a typo": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    budget: {reads: 10}\n",
+        ),
+        "node.yml: remotes.origin.budget: unknown key 'reads' (expected one of: "
+        "pushes_per_minute, reads_per_minute)",
+    ),
+    "budget that is no number": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    budget: {pushes_per_minute: many}\n",
+        ),
+        "node.yml: remotes.origin.budget.pushes_per_minute: expected a number of requests a "
+        "minute (more than 0), found 'many'",
+    ),
+    "eager that is no flag": (
+        BASE + "sync:\n  eager: sometimes\n",
+        "node.yml: sync.eager: expected true or false, found 'sometimes'",
+    ),
+    "node name with a slash": (
+        BASE.replace("  name: n1\n", "  name: team/n1\n"),
+        "node.yml: node.name: invalid node name 'team/n1': it contains '/'",
+    ),
     "unknown key": (
         BASE.replace("command: [/bin/true]", "comand: [/bin/true]"),
         "node.yml: consumers.billing.handler: unknown key 'comand' "

@@ -7,8 +7,11 @@ are shell commands that log what they receive.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,42 @@ def test_a_token_comes_from_the_environment_and_a_wrong_one_loses_nothing(
         assert smart_http.token not in (node.storage / "config").read_text()
 
 
+def test_a_token_file_rotated_mid_run_fails_no_cycle_after_the_change(
+    tmp_path: Path, smart_http: SmartHttp
+) -> None:
+    make_bare(smart_http.root, "central.git")
+    token_file = tmp_path / "token"
+    token_file.write_text(smart_http.token + "\n")
+    with Cluster(tmp_path / "nodes", smart_http.url("central.git")) as cluster:
+        node = cluster.node("a", ["billing"], remote={"token_file": str(token_file)})
+        node.start("--log-format", "json")
+        node.publish("orders", "before")
+        wait_for(lambda: node.payloads("billing") == ["before"], timeout=30)
+
+        new = "gmq_" + secrets.token_hex(16)
+        (tmp_path / "token.new").write_text(new + "\n")
+        os.replace(tmp_path / "token.new", token_file)  # the sidecar's step
+        smart_http.rotate(new)  # the old token is refused from now on
+        changed = datetime.now(UTC) + timedelta(seconds=1)  # a cycle already under way may fail
+        node.publish("orders", "after")
+        wait_for(lambda: node.payloads("billing") == ["before", "after"], timeout=30)
+        wait_for(lambda: len(cycles_since(node, changed)) >= 5, timeout=30)
+        assert [r["error"] for r in cycles_since(node, changed)] == [None] * len(
+            cycles_since(node, changed)
+        )
+        assert node.stop() == 0
+    assert new not in node.log_text() and new not in (node.storage / "config").read_text()
+
+
+def cycles_since(node: TestNode, when: datetime) -> list[dict[str, object]]:
+    """The sync records ``node`` logged after ``when``."""
+    return [
+        r["sync"]
+        for r in node.json_log()
+        if "sync" in r and datetime.fromisoformat(r["time"]) > when
+    ]
+
+
 @pytest.mark.parametrize("form", ["ssh-url-key", "scp-alias-config"])
 def test_a_node_syncs_over_ssh_with_the_keys_its_config_names(
     tmp_path: Path, ssh_server: SshServer, form: str
@@ -186,6 +225,32 @@ def test_a_node_syncs_over_ssh_with_the_keys_its_config_names(
         assert_landed_once(central, "orders", ["over ssh"])
         assert node.payloads("billing") == ["over ssh"]
         assert rev_parse(central, "refs/tags/billing") == rev_parse(central, "refs/heads/orders")
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_ssh_connections_are_shared_between_git_calls(
+    tmp_path: Path, ssh_server: SshServer, reuse: bool
+) -> None:
+    """Three runs of a node, each a listing, a fetch and a push or two: one ssh
+    handshake in all when connections are shared (the master outlives each run for
+    60 s), one per git call when not."""
+    make_bare(ssh_server.root, "central.git")
+    remote = {
+        "ssh_key": str(ssh_server.client_key),
+        "known_hosts": str(ssh_server.known_hosts),
+        "ssh_reuse": reuse,
+    }
+    with Cluster(tmp_path / "nodes", ssh_server.url("central.git")) as cluster:
+        node = cluster.node("a", ["billing"], remote=remote)
+        for n in range(3):
+            node.publish("orders", f"m{n}")
+            ok(node.once())
+        assert node.payloads("billing") == ["m0", "m1", "m2"]
+    handshakes = ssh_server.log_text().count("Accepted publickey for ")
+    if reuse:
+        assert handshakes == 1, ssh_server.log_text()[-2000:]
+    else:
+        assert handshakes >= 3 * 3, handshakes  # at least a list, a fetch, a push per run
 
 
 def test_each_queue_syncs_with_its_own_remote(

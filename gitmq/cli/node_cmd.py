@@ -10,6 +10,7 @@ import os
 from gitmq import config as node_config
 from gitmq import logs
 from gitmq.cli.signals import SignalStop
+from gitmq.errors import RemoteError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,6 +24,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser(
+        "sync", help="sync a node's storage with its remotes once, or wake its running node"
+    )
+    p.add_argument("--config", required=True, metavar="FILE", help="the node's YAML config")
+    p.add_argument(
+        "--wake",
+        action="store_true",
+        help="ask the node running on the storage to sync now (a webhook relay, cron)",
+    )
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("config", help="work with node config files")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
@@ -53,6 +65,32 @@ def cmd_node(args: argparse.Namespace) -> int:
         return node.run(stop)
     finally:
         node.close()
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from gitmq.node import Node
+
+    config = node_config.load(args.config)
+    if args.wake:
+        from gitmq import eager
+        from gitmq.storage import Storage
+
+        with Storage(config.storage_path, create=False) as storage:
+            node = eager.wake(storage)
+        print(f"asked node {node} to sync with every remote now")
+        return 0
+    node_config.check_handlers(config)
+    runner = Node(config)
+    try:
+        reports = runner.sync()
+    finally:
+        runner.close()
+    for report in reports:
+        print(report.line())
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        raise RemoteError(failed[-1].error or "; ".join(failed[-1].rewritten + failed[-1].refused))
+    return 0
 
 
 def cap_malloc_arenas() -> None:

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from gitmq import names
@@ -267,6 +268,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
+    node = status["node"]
+    if node is not None:
+        since = datetime.fromtimestamp(node["started"], UTC).isoformat(timespec="seconds")
+        print(f"node: {node['node']} (process {node['pid']}, running since {since})")
+        for remote, line in sorted(node["remotes"].items()):
+            print(f"  {remote}: {line}")
     print("queues:")
     for queue in status["queues"]:
         line = f"  {queue['name']}: {plural(queue['messages'], 'message')}"

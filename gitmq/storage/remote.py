@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import shlex
+import stat
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gitmq.errors import RemoteError
 from gitmq.storage import gitcli
@@ -58,19 +63,44 @@ class PushRefused(Exception):
 
 @dataclass(frozen=True)
 class Credentials:
-    """How to reach one remote: a token (https) and/or ssh settings."""
+    """How to reach one remote: a token (https) and/or ssh settings. Over ssh,
+    connections are shared (``ssh_reuse``: one handshake, not one per git call)
+    unless the user's ssh config sets its own ``ControlMaster``/``ControlPath``."""
 
     token: str | None = None
     token_user: str = "x-access-token"
+    #: A file holding the token, read before each network call (a sidecar may rotate it).
+    token_file: Path | None = None
     ssh_key: Path | None = None
     known_hosts: Path | None = None
     ssh_config: Path | None = None
     timeout: float = 60.0
+    ssh_reuse: bool = True
 
-    def env(self) -> dict[str, str]:
+    def current_token(self) -> str | None:
+        """The token now: ``token``, or what ``token_file`` holds at this moment."""
+        if self.token_file is None:
+            return self.token
+        try:
+            token = self.token_file.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise RemoteError(
+                f"cannot read the token file {self.token_file}: {reason}; the messages stay "
+                f"local until it can be read"
+            ) from None
+        if not token or any(c.isspace() for c in token):
+            raise RemoteError(
+                f"the token file {self.token_file} holds no token (it is empty or holds more "
+                f"than one word); the messages stay local until it does"
+            )
+        return token
+
+    def env(self, url: str = "") -> dict[str, str]:
         env: dict[str, str] = {}
-        if self.token:
-            basic = base64.b64encode(f"{self.token_user}:{self.token}".encode()).decode()
+        token = self.current_token()
+        if token:
+            basic = base64.b64encode(f"{self.token_user}:{token}".encode()).decode()
             env.update(
                 GIT_CONFIG_COUNT="1",
                 GIT_CONFIG_KEY_0="http.extraHeader",
@@ -84,11 +114,73 @@ class Credentials:
         if self.known_hosts:
             ssh += ["-o", f"UserKnownHostsFile={self.known_hosts}",
                     "-o", "StrictHostKeyChecking=yes"]  # fmt: skip
-        if self.ssh_config or self.ssh_key or self.known_hosts:
-            env["GIT_SSH_COMMAND"] = shlex.join(ssh)
-        elif "GIT_SSH_COMMAND" in os.environ:
+        own = bool(self.ssh_config or self.ssh_key or self.known_hosts)
+        if not own and "GIT_SSH_COMMAND" in os.environ:  # the user's own ssh command rules
             env["GIT_SSH_COMMAND"] = os.environ["GIT_SSH_COMMAND"]
+            return env
+        if self.ssh_reuse and _ssh_target(url) and _multiplexing_is_ours(url, self.ssh_config):
+            ssh += ["-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+                    "-o", f"ControlPath={_control_dir()}/%C",
+                    "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3"]  # fmt: skip
+            own = True
+        if own:
+            env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         return env
+
+
+def _ssh_target(url: str) -> tuple[str, str | None] | None:
+    """(``[user@]host``, port) of an ssh url (``ssh://`` or scp-like), else None."""
+    if url.startswith("ssh://"):
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            return None
+        if not host:
+            return None
+        user = f"{parts.username}@" if parts.username else ""
+        return user + host, None if port is None else str(port)
+    if "://" in url or ":" not in url or url.startswith(("/", ".")):
+        return None
+    host = url.partition(":")[0]
+    return (host, None) if host and "/" not in host else None
+
+
+@functools.cache
+def _multiplexing_is_ours(url: str, ssh_config: Path | None) -> bool:
+    """Whether GitMQ may share ssh connections for ``url``: not when the user's ssh
+    config already sets ``ControlMaster`` or ``ControlPath`` for that host (``ssh -G``
+    prints the settings that apply; asked once per url)."""
+    target = _ssh_target(url)
+    if target is None:
+        return False
+    args = ["ssh", "-G"] + (["-F", str(ssh_config)] if ssh_config else [])
+    args += (["-p", target[1]] if target[1] else []) + ["--", target[0]]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if out.returncode != 0:
+        return False
+    settings = dict(line.partition(" ")[::2] for line in out.stdout.splitlines())
+    return settings.get("controlmaster", "false") == "false" and (
+        settings.get("controlpath", "none") == "none"
+    )
+
+
+@functools.cache
+def _control_dir() -> Path:
+    """A directory only this user can enter, for ssh's control sockets (short: a socket
+    path has at most 104 bytes)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = runtime if runtime and len(runtime) < 40 else "/tmp"
+    path = Path(base) / f"gitmq-ssh-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return Path(tempfile.mkdtemp(prefix="gitmq-ssh-", dir="/tmp"))  # not ours: a new one
+    return path
 
 
 @dataclass(frozen=True)
@@ -110,7 +202,7 @@ def _network(
         proc = gitcli.run(
             git_dir,
             [*limits, *args],
-            env=creds.env(),
+            env=creds.env(url),
             timeout=creds.timeout,
             check=False,
             network=True,
@@ -137,8 +229,12 @@ def _failure(url: str, what: str, stderr: str) -> RemoteError:
     return RemoteError(f"remote {url}: {what} failed: {detail}")
 
 
+#: The refs a listing returns besides branches and tags: GitMQ's node refs.
+LISTED = ("refs/heads/", "refs/tags/", "refs/gitmq/nodes/")
+
+
 def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
-    """Every branch and tag on the remote with the commit it points at."""
+    """Every branch, tag and node ref on the remote with the commit it points at."""
     status, out, err = _network(
         git_dir, ["ls-remote", "--refs", "--end-of-options", url], url, creds
     )
@@ -147,7 +243,7 @@ def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, ref = line.partition("\t")
-        if ref.startswith(("refs/heads/", "refs/tags/")):
+        if ref.startswith(LISTED):
             refs[ref] = sha
     return refs
 
