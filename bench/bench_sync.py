@@ -226,10 +226,13 @@ class Lab:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.storages: list[Path] = []
         self.port = 0
+        self.daemon_log: Path | None = None
 
     # git daemon ---------------------------------------------------------
-    def start_daemon(self) -> None:
-        proc, self.port = start_git_daemon(self.root)
+    def start_daemon(self, log: Path | None = None) -> None:
+        """Start the lab's daemon; with ``log`` it records each request there."""
+        proc, self.port = start_git_daemon(self.root, log)
+        self.daemon_log = log
         self.procs.append(proc)
 
     def bare_repo(self, rel: str) -> tuple[Path, str]:
@@ -239,15 +242,26 @@ class Lab:
         return path, f"git://127.0.0.1:{self.port}/{rel}"
 
     # nodes --------------------------------------------------------------
-    def node(self, name: str, url: str, queue: str, *, consumer: bool) -> Node:
+    def node(
+        self,
+        name: str,
+        url: str,
+        queue: str,
+        *,
+        consumer: bool,
+        remote: dict[str, Any] | None = None,
+        sync: dict[str, Any] | None = None,
+    ) -> Node:
+        """A node of ``queue`` on ``url``; ``remote`` and ``sync``: more config keys."""
         node = Node(name, self.root / name)
         node.dir.mkdir(parents=True)
         data: dict[str, Any] = {
             "node": {"name": name, "identity": {"name": f"Bench {name}", "email": f"{name}@b"}},
             "storage": {"path": "storage.git"},
-            "remotes": {"central": {"url": url, "timeout": "30s"}},
+            "remotes": {"central": {"url": url, "timeout": "30s", **(remote or {})}},
             "sync": {"interval": self.interval, "jitter": self.jitter}
-            | ({"poll": self.poll} if self.poll else {}),
+            | ({"poll": self.poll} if self.poll else {})
+            | (sync or {}),
             "queues": {queue: {"remote": "central"}},
         }
         if consumer:
