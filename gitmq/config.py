@@ -43,6 +43,7 @@ class RemoteConfig:
     timeout: float = 60.0
     budget: Budget = field(default_factory=Budget)
     ssh_reuse: bool = True
+    github_app: bool = False  # https with tokens of the config's github.app installation
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,21 @@ class DeployKeyConfig:
 
 
 @dataclass(frozen=True)
+class GithubAppConfig:
+    """A GitHub App installation: tokens minted from the app's private key."""
+
+    app_id: int
+    private_key_file: Path
+    installation_id: int
+
+
+@dataclass(frozen=True)
 class GithubConfig:
     repository: str
     private: bool = True
     base_url: str = "https://api.github.com"
     deploy_keys: tuple[DeployKeyConfig, ...] = ()
+    app: GithubAppConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,12 @@ def _node(top: Section, base: Path) -> NodeConfig:
     consumers = {n: _consumer(n, s, queues) for n, s in top.children("consumers")}
     sync = _sync(top.section("sync"))
     github = _github(top.section("github"), base)
+    for remote_name, remote in remotes.items():
+        if remote.github_app and (github is None or github.app is None):
+            raise ConfigError(
+                f"{top.file}: remotes.{remote_name}.github_app: needs the github.app section "
+                f"(app_id, private_key_file, installation_id) to mint its tokens"
+            )
     top.done()
     _check_collisions(top, queues, consumers)
     return NodeConfig(
@@ -232,6 +249,7 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         ssh_config=sec.path_value("ssh_config", base),
         timeout=sec.duration("timeout", 60.0),
         ssh_reuse=sec.flag("ssh_reuse", True),
+        github_app=sec.flag("github_app", False),
     )
     remote = dataclasses.replace(remote, budget=_budget(sec, remote.url))
     secret = (
@@ -251,8 +269,8 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
         )
     if remote.timeout <= 0:
         raise sec.error("timeout", "must be more than 0 (the default is 60s)")
-    if remote.token_env and remote.token_file:
-        raise sec.error("token_file", "give token_env or token_file, not both")
+    if sum(map(bool, (remote.token_env, remote.token_file, remote.github_app))) > 1:
+        raise sec.error(None, "give one of token_env, token_file or github_app, not two")
     sec.done()
     return remote
 
@@ -406,8 +424,9 @@ def _consumer(name: str, sec: Section, queues: dict[str, QueueConfig]) -> Consum
 
 def check_handlers(config: NodeConfig) -> None:
     """Refuse a consumer whose handler cannot run (a program that is not there, a
-    Python function that does not import): at ``gitmq node`` start and in ``config
-    check``, never as a queue's worth of dead letters."""
+    Python function that does not import), and a GitHub App key that is not one: at
+    ``gitmq node`` start and in ``config check``, never as a queue's worth of dead
+    letters or a failed cycle."""
     for consumer in config.consumers.values():
         handler = consumer.handler
         key = "command" if handler.command else "python"
@@ -421,6 +440,22 @@ def check_handlers(config: NodeConfig) -> None:
             raise ConfigError(
                 f"{config.file}: consumers.{consumer.name}.handler.{key}: {exc.message}"
             ) from None
+    app = config.github.app if config.github else None
+    if app is not None:  # installed beside the handlers, so checked with them
+        problem = _pem_problem(app.private_key_file)
+        if problem:
+            raise ConfigError(f"{config.file}: github.app.private_key_file: {problem}")
+
+
+def _pem_problem(path: Path) -> str | None:
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        return f"cannot read {path}: {reason}"
+    if "PRIVATE KEY-----" not in text:
+        return f"{path} is not a PEM private key (download one from the app's settings)"
+    return None
 
 
 def _handler(sec: Section) -> HandlerConfig:
@@ -501,9 +536,26 @@ def _github(sec: Section | None, base: Path) -> GithubConfig | None:
         private=sec.flag("private", True),
         base_url=sec.text("base_url", "https://api.github.com"),
         deploy_keys=tuple(keys),
+        app=_github_app(sec.section("app"), base),
     )
     sec.done()
     return config
+
+
+def _github_app(sec: Section | None, base: Path) -> GithubAppConfig | None:
+    """``github.app: {app_id, private_key_file, installation_id}``."""
+    if sec is None:
+        return None
+    app_id = sec.number("app_id", minimum=1)
+    installation_id = sec.number("installation_id", minimum=1)
+    key_file = sec.path_value("private_key_file", base)
+    sec.done()
+    for key, value in (("app_id", app_id), ("installation_id", installation_id)):
+        if value is None:
+            raise sec.error(key, "is required")
+    if key_file is None:
+        raise sec.error("private_key_file", "is required")
+    return GithubAppConfig(app_id, key_file, installation_id)
 
 
 def _deploy_key(sec: Section, base: Path) -> DeployKeyConfig:

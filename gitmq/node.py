@@ -16,7 +16,7 @@ from typing import Protocol
 
 from gitmq import eager
 from gitmq.budget import Pace
-from gitmq.config import ConsumerConfig, NodeConfig, RemoteConfig
+from gitmq.config import ConsumerConfig, GithubConfig, NodeConfig, RemoteConfig
 from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
 from gitmq.handlers import command_handler, python_handler
@@ -44,8 +44,16 @@ class StopFlag(Protocol):
 HANDLER_GRACE_SECONDS = 30.0
 
 
-def credentials(remote: RemoteConfig, environ: Mapping[str, str]) -> Credentials:
+def credentials(
+    remote: RemoteConfig, environ: Mapping[str, str], github: GithubConfig | None = None
+) -> Credentials:
     token = None
+    source = None
+    if remote.github_app:
+        assert github is not None and github.app is not None  # the config loader checks
+        from gitmq.github_app import InstallationTokens  # PyGithub: only when used
+
+        source = InstallationTokens(github.app, github.base_url)
     if remote.token_env:
         token = environ.get(remote.token_env)
         if not token:
@@ -56,6 +64,7 @@ def credentials(remote: RemoteConfig, environ: Mapping[str, str]) -> Credentials
     return Credentials(
         token=token,
         token_file=remote.token_file,
+        token_source=source,
         token_user=remote.token_user,
         ssh_key=remote.ssh_key,
         known_hosts=remote.known_hosts,
@@ -77,7 +86,7 @@ def sync_targets(config: NodeConfig, environ: Mapping[str, str]) -> dict[str, Sy
                 c.name for c in config.consumers.values() if config.queues[c.queue].remote == name
             ),
             committer=config.identity,
-            credentials=credentials(remote, environ),
+            credentials=credentials(remote, environ, config.github),
             max_attempts=config.sync.max_push_attempts,
             rotations={
                 q.name: q.rotate

@@ -7,6 +7,7 @@ request, so the budget is checked where it matters: at the server.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,13 @@ def test_a_publish_syncs_at_once_and_shares_a_push(tmp_path: Path, counted: GitD
                 producer.publish(f"burst {n}".encode())
         wanted = ["first", *(f"burst {n}" for n in range(5))]
         wait_for(lambda: b.payloads("c-b") == wanted, timeout=10)
+        status = ok(gitmq("status", a.storage)).out.splitlines()
+        assert status[0].startswith("node: a (process ")
+        assert re.fullmatch(  # b pushes (is counted as pushing) once it moved its tag
+            r"  central: 6000 reads and 600 pushes a minute for the cluster; 2 node\(s\) seen, "
+            r"([12]) pushing; this node: 3000 reads and (600|300) pushes a minute",
+            status[1],
+        ), status
         pushes = [r for r in a.sync_records() if r["pushed_messages"]]
         assert [r["pushed_messages"] for r in pushes][:1] == [1]
         assert sum(r["pushed_messages"] for r in pushes[1:]) == 5 and len(pushes[1:]) <= 2
@@ -172,6 +180,29 @@ def test_gitmq_sync_wake_makes_a_running_node_fetch(cluster: Cluster, central: P
         4,
         f"no node is running on {b.storage} (no gitmq-node.json there); start one with "
         f"'gitmq node --config FILE'",
+    )
+
+
+def test_a_schedule_the_budget_cannot_carry_is_said_once_with_the_numbers(
+    tmp_path: Path, counted: GitDaemon
+) -> None:
+    with Cluster(tmp_path / "nodes", counted.url("central.git")) as cluster:
+        node = cluster.node(
+            "a", ["c-a"], remote={"budget": {"reads_per_minute": 30}}, interval="500ms"
+        )
+        node.start()
+        node.publish("orders", "one")
+        wait_for(lambda: node.payloads("c-a") == ["one"], timeout=30)
+        assert node.stop() == 0
+    said = [ln for ln in node.log_text().splitlines() if "asks for" in ln]
+    assert len(said) == 1, said
+    assert said[0].endswith(
+        "budget central: the sync schedule asks for 120 reads a minute, but this node's share "
+        "of the budget is 30.0 (30 for 1 node(s)): cycles are spaced to fit (raise the budget, "
+        "or lengthen sync.interval and sync.poll)"
+    )
+    assert "budget central: 30 reads and unlimited pushes a minute for the cluster" in (
+        node.log_text()
     )
 
 

@@ -176,6 +176,21 @@ BAD = {
         "node.yml: remotes.origin.budget.pushes_per_minute: expected a number of requests a "
         "minute (more than 0), found 'many'",
     ),
+    "two token sources": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    token_env: T\n    token_file: t.txt\n",
+        ),
+        "node.yml: remotes.origin: give one of token_env, token_file or github_app, not two",
+    ),
+    "github_app without the app": (
+        BASE.replace(
+            "    url: git://127.0.0.1:9/queues.git\n",
+            "    url: git://127.0.0.1:9/queues.git\n    github_app: true\n",
+        ),
+        "node.yml: remotes.origin.github_app: needs the github.app section (app_id, "
+        "private_key_file, installation_id) to mint its tokens",
+    ),
     "eager that is no flag": (
         BASE + "sync:\n  eager: sometimes\n",
         "node.yml: sync.eager: expected true or false, found 'sometimes'",

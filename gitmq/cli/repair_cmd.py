@@ -59,7 +59,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
         )
     remote = config.remotes[owner.remote]
     target = repair.Remote(
-        owner.remote, remote.url, credentials(remote, os.environ), config.identity
+        owner.remote, remote.url, credentials(remote, os.environ, config.github), config.identity
     )
     consumers = [c.name for c in config.consumers.values() if c.queue == owner.name]
     with Storage(config.storage_path, fsync=config.fsync) as storage:

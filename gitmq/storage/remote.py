@@ -18,8 +18,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,6 +71,8 @@ class Credentials:
     token_user: str = "x-access-token"
     #: A file holding the token, read before each network call (a sidecar may rotate it).
     token_file: Path | None = None
+    #: Or a function giving the current token (a GitHub App installation's).
+    token_source: Callable[[], str] | None = field(default=None, compare=False, hash=False)
     ssh_key: Path | None = None
     known_hosts: Path | None = None
     ssh_config: Path | None = None
@@ -78,7 +80,10 @@ class Credentials:
     ssh_reuse: bool = True
 
     def current_token(self) -> str | None:
-        """The token now: ``token``, or what ``token_file`` holds at this moment."""
+        """The token now: ``token``, what ``token_file`` holds at this moment, or what
+        ``token_source`` gives."""
+        if self.token_source is not None:
+            return self.token_source()
         if self.token_file is None:
             return self.token
         try:
