@@ -156,6 +156,14 @@ class Pace:
         """Take a push, waiting for the budget first."""
         self._take(self._pushes)
 
+    def begin(self, listen_only: bool) -> bool:
+        """Take the read a cycle starts with: a listen only if one is there now (False:
+        skip it), a sync cycle once a read and a push are both there."""
+        if listen_only:
+            return self.try_read()
+        self.cycle()
+        return True
+
     def cycle(self) -> None:
         """Begin a sync cycle: wait until a read and a push are there, take the read."""
         while not self._released.is_set():

@@ -111,9 +111,8 @@ class Consumer:
         self.source_ref = _source_ref(self.remote, branch, source_ref)
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
         self.screen = Screen(self.source)
-        self.retry = retry or RetryPolicy()
+        self.retry, self.poll_interval = retry or RetryPolicy(), poll_interval
         self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
-        self.poll_interval = poll_interval
         self.delivered = 0
         self.last_error: str | None = None
         self._stop = threading.Event()

@@ -95,7 +95,7 @@ def sync_targets(config: NodeConfig, environ: Mapping[str, str]) -> dict[str, Sy
             },
             interval=config.sync.interval,
             pace=Pace(remote.budget, demand=demand),
-            registry=Registry(config.name) if remote.budget.limited else None,
+            registry=Registry(config.name if remote.budget.limited else "", name),
         )
         for name, remote in config.remotes.items()
     }
@@ -106,6 +106,15 @@ def eager_remotes(config: NodeConfig) -> set[str]:
     with a budget, which keeps the host's load in bounds)."""
     eager = config.sync.eager
     return {n for n, r in config.remotes.items() if eager or (eager is None and r.budget.limited)}
+
+
+def say_budgets(targets: Mapping[str, SyncTarget]) -> None:
+    """Log each remote's budget at start, and a schedule it cannot carry."""
+    for name, target in targets.items():
+        if target.pace.budget.limited:
+            log.info("budget %s: %s", name, target.pace.line())
+        if target.pace.shortfall():
+            log.warning("budget %s: %s", name, target.pace.shortfall())
 
 
 def consumers_for(config: NodeConfig, storage: Storage) -> list[tuple[Consumer, Handler]]:
@@ -157,11 +166,7 @@ class Node:
         self.consumers = consumers_for(config, self.storage)
         self._sync_lock = threading.Lock()
         self.presence: Presence | None = None  # the node file, while run() runs
-        for name, target in self.targets.items():
-            if target.pace.budget.limited:
-                log.info("budget %s: %s", name, target.pace.line())
-            if target.pace.shortfall():
-                log.warning("budget %s: %s", name, target.pace.shortfall())
+        say_budgets(self.targets)
 
     def close(self) -> None:
         self.storage.close()
@@ -189,14 +194,11 @@ class Node:
         with self._sync_lock:
             report = sync_once(self.storage, self.targets[name], leaving=leaving)
         self.storage.release_deleted_packs()
-        self._show_pace(name)
+        if self.presence is not None:
+            self.presence.remote(name, self.targets[name].pace.line())
         level = logging.INFO if report.ok else logging.WARNING
         log.log(level, "%s", report.line(), extra={"sync": vars(report)})
         return report
-
-    def _show_pace(self, name: str) -> None:
-        if self.presence is not None:
-            self.presence.remote(name, self.targets[name].pace.line())
 
     def prune(self, queue: str, now: datetime | None = None) -> PruneReport:
         """Apply ``queue``'s prune policy once (the body the scheduler calls)."""
@@ -238,9 +240,7 @@ class Node:
         for consumer, handler in self.consumers:
             consumer.consume(handler)
         scheduler.start()
-        self.presence = Presence(self.storage, self.config.name)
-        for name in self.targets:
-            self._show_pace(name)
+        self.presence = Presence(self.storage, self.config.name, self.targets)
         waker = eager.Waker(
             self.storage, self.targets, eager_remotes(self.config), self.sync_remote
         )

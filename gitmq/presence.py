@@ -13,11 +13,15 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmq.errors import NotFoundError
 from gitmq.storage import Storage
+
+if TYPE_CHECKING:  # status reads the file without the sync machinery
+    from gitmq.sync import SyncTarget
 
 NODE_FILE = "gitmq-node.json"
 
@@ -25,13 +29,13 @@ NODE_FILE = "gitmq-node.json"
 class Presence:
     """The node file of a running node."""
 
-    def __init__(self, storage: Storage, node: str) -> None:
+    def __init__(self, storage: Storage, node: str, targets: Mapping[str, SyncTarget]) -> None:
         self.path = storage.git_dir / NODE_FILE
         self.info: dict[str, Any] = {
             "node": node,
             "pid": os.getpid(),
             "started": time.time(),
-            "remotes": {},
+            "remotes": {name: target.pace.line() for name, target in targets.items()},
         }
         self._write()
 

@@ -15,11 +15,17 @@ Every node reads the refs from the listing it makes each cycle anyway.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
+from gitmq.budget import Pace
+from gitmq.storage import Storage
 from gitmq.storage.remote import RefUpdate
+
+log = logging.getLogger("gitmq.sync")
 
 PREFIX = "refs/gitmq/nodes/"
 REFRESH = 300.0
@@ -58,9 +64,33 @@ def entries(remote_refs: Mapping[str, str]) -> list[Entry]:
 class Registry:
     """This node's ref on one remote, and what the others' refs say."""
 
-    def __init__(self, node: str) -> None:
-        self.node = node
+    def __init__(self, node: str = "", remote: str = "") -> None:
+        self.node, self.remote = node, remote  # no node: nobody counts (no budget)
         self.pushed_at: float | None = None  # when this node last pushed anything else
+        self.leaving = False  # the node stops: its next push deletes its ref
+
+    def observe(self, remote_refs: Mapping[str, str], now: float, pace: Pace) -> None:
+        """Share ``pace``'s budget among the nodes the listing counts; say so when the
+        count changed (and, once, when the node's schedule then asks too much)."""
+        if self.node and pace.share(*self.count(remote_refs, now)):
+            log.info("budget %s: %s", self.remote, pace.line())
+            if pace.shortfall():
+                log.warning("budget %s: %s", self.remote, pace.shortfall())
+
+    def plan(
+        self,
+        storage: Storage,
+        remote_refs: Mapping[str, str],
+        now: datetime,
+        pushing: list[RefUpdate],
+        excluded: set[str],
+    ) -> list[RefUpdate]:
+        """The node-ref updates to add to a sync's push (none while the server refuses
+        node refs); ``BODY`` is stored here first, inside the caller's guard."""
+        if not self.node or any(ref.startswith(PREFIX) for ref in excluded):
+            return []
+        anchor = lambda: storage.write_commits([BODY])[0]  # noqa: E731
+        return self.updates(remote_refs, now.timestamp(), pushing, anchor, leaving=self.leaving)
 
     def count(self, remote_refs: Mapping[str, str], now: float) -> tuple[int, int]:
         """(nodes, pushing nodes) sharing the remote, this one included."""

@@ -15,7 +15,7 @@ push, so whatever it changes goes out in the cycle's one atomic push:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from gitmq.segments import (
     segments,
 )
 from gitmq.storage import Storage
+from gitmq.storage.remote import RefUpdate
 
 log = logging.getLogger("gitmq.rotation")
 
@@ -281,6 +282,25 @@ def expired(
         if number in candidates:
             out.append((segment_branch(rot.queue, number), tip, history))
     return out
+
+
+def deletions(
+    storage: Storage,
+    rotating: Iterable[Rotating],
+    remote_refs: Mapping[str, str],
+    excluded: set[str],
+    now: datetime,
+) -> list[tuple[RefUpdate, tuple[Rotating, str, set[str]]]]:
+    """The expired segments to delete on the remote, whose deletion the server does
+    not refuse: each deletion (with a lease on the tip) and (queue, branch, its commits)."""
+    tags = [sha for ref, sha in remote_refs.items() if ref.startswith("refs/tags/")]
+    tags += storage.list_refs("refs/tags/").values()
+    return [
+        (RefUpdate("", f"refs/heads/{branch}", lease=tip, delete=True), (rot, branch, history))
+        for rot in rotating
+        for branch, tip, history in expired(storage, rot, tags, now)
+        if f"refs/heads/{branch}" not in excluded
+    ]
 
 
 def forget(storage: Storage, rot: Rotating, branch: str, history: set[str], now: datetime) -> int:

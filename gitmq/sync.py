@@ -30,8 +30,6 @@ from gitmq.message import Identity
 from gitmq.names import sync_lock, tracking_ref
 from gitmq.offsets import OffsetSync, Plan, remote_tag_ref
 from gitmq.refusals import Refusals, refused_line
-from gitmq.registry import BODY as REGISTRY_BODY
-from gitmq.registry import PREFIX as NODE_REFS
 from gitmq.registry import Registry
 from gitmq.replay import Outbox, Replay, ReplayState, Split, replay_since, replay_snapshot
 from gitmq.segments import QueueSource, RotationPolicy, segment_number
@@ -72,12 +70,12 @@ class SyncTarget:
     interval: float = 5.0
     #: The mutable parts, kept from cycle to cycle: chunk size and ids read, the
     #: updates the server refused (``refusals.py``), this node's pace within the
-    #: remote's budget (``budget.py``) and its node ref (``registry.py``; None
-    #: without a budget: nobody needs to count).
+    #: remote's budget (``budget.py``) and its node ref (``registry.py``; without a
+    #: budget nobody needs to count: a registry of no node).
     state: ReplayState = field(default_factory=ReplayState, compare=False, hash=False)
     refusals: Refusals = field(default_factory=Refusals, compare=False, hash=False)
     pace: Pace = field(default_factory=lambda: Pace(Budget()), compare=False, hash=False)
-    registry: Registry | None = field(default=None, compare=False, hash=False)
+    registry: Registry = field(default_factory=Registry, compare=False, hash=False)
 
 
 @dataclass
@@ -188,15 +186,9 @@ class _Cycle:
     """The state of one attempt: the plan of what to push."""
 
     def __init__(
-        self,
-        storage: Storage,
-        target: SyncTarget,
-        report: SyncReport,
-        now: Callable[[], datetime],
-        leaving: bool = False,
+        self, storage: Storage, target: SyncTarget, report: SyncReport, now: Callable[[], datetime]
     ) -> None:
         self.storage, self.target, self.report, self.now = storage, target, report, now
-        self.leaving = leaving  # the node's last cycle: its node ref goes
         self.updates: list[RefUpdate] = []
         self.confirm: list[tuple[str, str, str | None]] = []  # (tracking ref, new, old)
         self.message_count = 0
@@ -223,13 +215,10 @@ class _Cycle:
             self.report.orphans_removed += self.storage.discard(self.replaced)
 
     def _run(self, listen_only: bool) -> bool:
-        pace = self.target.pace
-        if listen_only and not pace.try_read():
+        if not self.target.pace.begin(listen_only):
             return False  # no read in the budget now: the next listen or cycle fetches
-        if not listen_only:
-            pace.cycle()
         remote_refs = ls_remote(self.storage.git_dir, self.target.url, self.target.credentials)
-        self.count_nodes(remote_refs)
+        self.target.registry.observe(remote_refs, self.now().timestamp(), self.target.pace)
         gone = self.fetch_changed(remote_refs, self.queues.branches(remote_refs))
         if listen_only:
             return False
@@ -243,7 +232,7 @@ class _Cycle:
                 self.offsets.landed(self.tags)  # resets already in place: drop their records
                 return False
             self.pushed = updates
-            pace.push()
+            self.target.pace.push()
             push_atomic(self.storage.git_dir, self.target.url, updates, self.target.credentials)
             self.target.refusals.landed([u.ref for u in updates])
             for ref, new, old in self.confirm:
@@ -267,27 +256,14 @@ class _Cycle:
         self.offsets.plan(self.tags)
         self.tags.drop(self.excluded | self.held.tags(self.tags.updates))
         self.report.conflicts += self.tags.conflicts
-        self.plan_deletions(remote_refs)
+        storage, rotating, now = self.storage, self.queues.rotating.values(), self.now()
+        for update, gone in rotation.deletions(storage, rotating, remote_refs, self.excluded, now):
+            self.updates.append(update)  # expired segments go in the same atomic push
+            self.deleting.append(gone)
         updates = self.updates + self.tags.updates
-        registry = self.target.registry
-        if registry is None or any(ref.startswith(NODE_REFS) for ref in self.excluded):
-            return updates
-        now = self.now().timestamp()
-        mine = registry.updates(
-            remote_refs, now, updates, self.registry_anchor, leaving=self.leaving
+        return updates + self.target.registry.plan(
+            storage, remote_refs, now, updates, self.excluded
         )
-        return updates + mine
-
-    def registry_anchor(self) -> str:
-        return self.storage.write_commits([REGISTRY_BODY])[0]  # in the guard: kept to the push
-
-    def count_nodes(self, remote_refs: dict[str, str]) -> None:
-        """Share the budget among the nodes the remote's node refs name."""
-        registry, pace = self.target.registry, self.target.pace
-        if registry is not None and pace.share(
-            *registry.count(remote_refs, self.now().timestamp())
-        ):
-            log.info("budget %s: %s", self.target.remote, pace.line())
 
     # step 1 -----------------------------------------------------------------
     def fetch_changed(
@@ -332,17 +308,6 @@ class _Cycle:
                 self.report.fetched += len(new) if known else storage.count(None, tip)
         return gone
 
-    def plan_deletions(self, remote_refs: dict[str, str]) -> None:
-        """Delete expired segments on the remote (in the same atomic push)."""
-        tags = [sha for ref, sha in remote_refs.items() if ref.startswith("refs/tags/")]
-        tags += self.storage.list_refs("refs/tags/").values()
-        for rot in self.queues.rotating.values():
-            for branch, tip, history in rotation.expired(self.storage, rot, tags, self.now()):
-                if f"refs/heads/{branch}" in self.excluded:
-                    continue
-                self.updates.append(RefUpdate("", f"refs/heads/{branch}", lease=tip, delete=True))
-                self.deleting.append((rot, branch, history))
-
     # step 2 -----------------------------------------------------------------
     def integrate(self, queue: str) -> None:
         """Bring the local branch onto the confirmed one; plan the push of what is left
@@ -364,7 +329,10 @@ class _Cycle:
         snapshot = self.reparent(queue, local, confirmed, split, outbox)
         self.report.duplicates_dropped += snapshot.dropped
         if snapshot.complete:
-            tip = storage.rewrite_branch(local_ref, lambda now: self.finish(snapshot, now))
+            tip = storage.rewrite_branch(  # under the lock: only what producers added since
+                local_ref,
+                lambda now: replay_since(storage, snapshot, now, self.target.committer, self.now()),
+            )
             self.replaced |= snapshot.replaced
             outbox.clear()
         elif snapshot.tip == confirmed:  # the whole chunk had landed already: skip it
@@ -398,10 +366,6 @@ class _Cycle:
         )
         self.more |= not snapshot.complete
         return snapshot
-
-    def finish(self, snapshot: Replay, current: str | None) -> tuple[list[bytes], str | None]:
-        """Under the branch lock: replay what producers appended since the snapshot."""
-        return replay_since(self.storage, snapshot, current, self.target.committer, self.now())
 
     def plan_push(self, queue: str, local: str, confirmed: str | None, count: int) -> None:
         """Push ``local`` (``count`` messages past ``confirmed``) to ``queue``."""
@@ -475,11 +439,12 @@ def sync_once(
     clock = now or (lambda: datetime.now(UTC))
     for queue in target.queues:
         storage.set_upstream(queue, target.remote)
+    target.registry.leaving = leaving  # the node stops: its ref goes in this push
     with storage.exclusive(sync_lock(target.remote)):
         target.refusals.deferred.clear()  # what a cut-short search set aside
         streak = chunks = refusals = 0  # rejections in a row; chunks gone through
         while True:
-            cycle, pushes = _Cycle(storage, target, report, clock, leaving), report.pushes
+            cycle, pushes = _Cycle(storage, target, report, clock), report.pushes
             began, wall = time.monotonic(), datetime.now(UTC)
             try:
                 cycle.run(listen_only)

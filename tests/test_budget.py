@@ -73,7 +73,7 @@ def test_which_remotes_are_github(url: str, github: bool) -> None:
 
 
 def test_node_refs_count_live_nodes_and_expire() -> None:
-    registry = Registry("a")
+    registry = Registry("a", "central")
     now = 10_000.0
     refs = {
         "refs/gitmq/nodes/b/9900.p": "1" * 40,
