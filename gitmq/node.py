@@ -258,9 +258,9 @@ class Node:
         log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
         for consumer, _ in self.consumers:
             consumer.stop(HANDLER_GRACE_SECONDS)
-        waker.stop()
         for target in self.targets.values():
-            target.pace.release()  # the last sync goes out at once
+            target.pace.release()  # no sync waits for the budget any more: the last goes at once
+        waker.stop()
         scheduler.shutdown(wait=True)
         self.sync(leaving=True)
         self.presence.withdraw()
