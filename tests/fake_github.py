@@ -20,7 +20,26 @@ Modelled faithfully because the bootstrap depends on it:
   accessible by personal access token`` on protection, keys and settings; a
   user who is not admin of the repository gets 403 ``Must have admin rights``.
 - A rate-limited token gets 403 (or 429) ``API rate limit exceeded`` with
-  ``X-RateLimit-Remaining: 0`` and ``X-RateLimit-Reset``.
+  ``X-RateLimit-Remaining: 0`` and ``X-RateLimit-Reset``; :meth:`FakeGithub.
+  secondary_rate_limit` answers the next requests with GitHub's secondary limit
+  (403 or 429, ``You have exceeded a secondary rate limit...``, ``Retry-After``).
+- Rulesets (``POST|GET /repos/{o}/{r}/rulesets``, ``GET|PUT .../rulesets/{id}``)
+  and the rules that apply to a branch (``GET .../rules/branches/{branch}``),
+  matched with GitHub's fnmatch-style ref patterns (``*`` within a path
+  segment, ``**`` across ``/``, ``~DEFAULT_BRANCH``, ``~ALL``); a branch that an
+  active ruleset covers is ``protected`` in its JSON, while its classic
+  protection may still be 404 ``Branch not protected``.
+- A private repository of an account on GitHub Free (:meth:`FakeGithub.free_plan`)
+  gets 403 ``Upgrade to GitHub Pro or make this repository public to enable this
+  feature.`` on branch protection and rulesets.
+- An organisation whose policy forbids deploy keys refuses new ones (422
+  ``Deploy keys are disabled for this repository``) and lists its repositories'
+  keys with ``enabled: false``; every key records ``added_by``.
+- GitHub Apps (:meth:`FakeGithub.add_app`): ``POST /app/installations/{id}/
+  access_tokens`` with ``Authorization: Bearer <JWT>`` (RS256, ``iss`` = app id,
+  verified with the app's public key) answers 201 with a ``ghs_`` token and its
+  ``expires_at``; that token acts on the installation owner's repositories and
+  gets 403 ``Resource not accessible by integration`` on ``GET /user``.
 """
 
 from __future__ import annotations
@@ -30,6 +49,8 @@ import functools
 import hashlib
 import itertools
 import json
+import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -37,10 +58,24 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jwt
+
 PREFIX = "/api/v3"
 DOCS = "https://docs.github.com/rest"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 RATE_LIMIT_RESET = 1893456000  # 2030-01-01 00:00:00 UTC
+UPGRADE = "Upgrade to GitHub Pro or make this repository public to enable this feature."
+SECONDARY = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+    "again. If you reach out to GitHub Support for help, please include the request ID "
+    "C0DE:1234:5678:9ABC:DEF0."
+)
+RULE_TYPES = {
+    "creation", "update", "deletion", "required_linear_history", "required_deployments",
+    "required_signatures", "pull_request", "required_status_checks", "non_fast_forward",
+    "commit_message_pattern", "commit_author_email_pattern", "committer_email_pattern",
+    "branch_name_pattern", "merge_queue",
+}  # fmt: skip
 
 
 class HttpError(Exception):
@@ -57,6 +92,24 @@ class Token:
     administration: bool = True  # fine-grained "Administration: write"
     rate_limited: bool = False
     rate_limit_status: int = 403
+    app: App | None = None  # an installation access token of this app
+    expires_at: float | None = None  # time.time() after which GitHub refuses it
+
+
+@dataclass
+class App:
+    """A GitHub App installed on one account (all its repositories)."""
+
+    app_id: int
+    public_key_pem: str
+    installation_id: int
+    owner: str
+    expires_in: float = 3600.0  # lifetime of the tokens it mints (GitHub: one hour)
+    issued: list[str] = field(default_factory=list)  # the tokens minted, oldest first
+
+    @property
+    def bot(self) -> str:
+        return f"app-{self.app_id}[bot]"
 
 
 @dataclass
@@ -65,6 +118,7 @@ class Org:
     admins: set[str] = field(default_factory=set)
     members: set[str] = field(default_factory=set)
     base_permission: str = "read"  # what members get on the org's repositories: read or none
+    deploy_keys_allowed: bool = True  # the organisation's deploy key policy
 
 
 @dataclass
@@ -73,6 +127,7 @@ class Key:
     title: str
     key: str
     read_only: bool
+    added_by: str | None = None
 
 
 @dataclass
@@ -86,6 +141,7 @@ class Repo:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha -> object
     protections: dict[str, dict[str, Any]] = field(default_factory=dict)
     keys: list[Key] = field(default_factory=list)
+    rulesets: list[dict[str, Any]] = field(default_factory=list)  # as POSTed, plus id
 
     @property
     def full_name(self) -> str:
@@ -101,6 +157,9 @@ class FakeGithub:
         self.orgs: dict[str, Org] = {}
         self.repos: dict[str, Repo] = {}  # lower-case full name -> repo
         self.requests: list[tuple[str, str]] = []  # (verb, path below the prefix)
+        self.apps: dict[int, App] = {}
+        self.free_accounts: set[str] = set()  # lower-case logins on GitHub Free
+        self._secondary: list[tuple[int, int]] = []  # (status, retry-after) per request
         self.lock = threading.Lock()
         self._ids = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
@@ -133,9 +192,41 @@ class FakeGithub:
         """Protect ``branch`` as the web UI would; ``rules`` override the stored fields."""
         self.repos[full_name.lower()].protections[branch] = _protection_from({}) | rules
 
-    def add_key(self, full_name: str, title: str, key: str, *, read_only: bool) -> None:
+    def add_key(
+        self,
+        full_name: str,
+        title: str,
+        key: str,
+        *,
+        read_only: bool,
+        added_by: str | None = None,
+    ) -> None:
         repo = self.repos[full_name.lower()]
-        repo.keys.append(Key(next(self._ids), title, _material(key), read_only))
+        repo.keys.append(Key(next(self._ids), title, _material(key), read_only, added_by))
+
+    def add_app(
+        self, app_id: int, public_key_pem: str | bytes, installation_id: int, owner: str
+    ) -> App:
+        """Register a GitHub App (its public key) installed on all of ``owner``'s repositories."""
+        pem = public_key_pem.decode() if isinstance(public_key_pem, bytes) else public_key_pem
+        app = App(app_id, pem, installation_id, owner)
+        self.apps[app_id] = app
+        return app
+
+    def free_plan(self, owner: str) -> None:
+        """Put ``owner`` on GitHub Free: no protection or rulesets for its private repos."""
+        self.free_accounts.add(owner.lower())
+
+    def add_ruleset(self, full_name: str, **ruleset: Any) -> dict[str, Any]:
+        """A repository ruleset as made in the web UI (defaults: active, on branches)."""
+        body = {"target": "branch", "enforcement": "active", "bypass_actors": []} | ruleset
+        return _store_ruleset(self, self.repos[full_name.lower()], body)
+
+    def secondary_rate_limit(
+        self, requests: int = 1, *, retry_after: int = 60, status: int = 403
+    ) -> None:
+        """Answer the next ``requests`` requests with GitHub's secondary rate limit."""
+        self._secondary += [(status, retry_after)] * requests
 
     def writes(self) -> list[tuple[str, str]]:
         return [(verb, path) for verb, path in self.requests if verb != "GET"]
@@ -168,6 +259,14 @@ class FakeGithub:
 
     def handle(self, verb: str, path: str, headers: Any, body: Any) -> tuple[int, Any]:
         self.requests.append((verb, path))
+        if self._secondary:
+            status, retry_after = self._secondary.pop(0)
+            error = HttpError(status, SECONDARY)
+            error.headers = {"Retry-After": str(retry_after), "X-RateLimit-Remaining": "4990"}
+            raise error
+        minting = re.fullmatch(r"/app/installations/([^/]+)/access_tokens", path)
+        if verb == "POST" and minting:
+            return _mint_token(self, headers.get("Authorization", ""), minting.group(1))
         token = self._token(headers.get("Authorization", ""))
         user = token.login
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
@@ -180,7 +279,7 @@ class FakeGithub:
     def _token(self, authorization: str) -> Token:
         scheme, _, secret = authorization.partition(" ")
         token = self.tokens.get(secret) if scheme.lower() in ("token", "bearer") else None
-        if token is None:
+        if token is None or (token.expires_at is not None and time.time() >= token.expires_at):
             raise HttpError(401, "Bad credentials")
         if token.rate_limited:
             error = HttpError(
@@ -208,6 +307,9 @@ class FakeGithub:
 
     def role(self, user: str, repo: Repo) -> str | None:
         user = user.lower()
+        app = next((a for a in self.apps.values() if a.bot.lower() == user), None)
+        if app is not None:  # an installation: its app's permissions on the owner's repos
+            return "admin" if app.owner.lower() == repo.owner.lower() else None
         org = self.orgs.get(repo.owner.lower())
         if repo.owner.lower() == user or (org and user in org.admins):
             return "admin"
@@ -272,6 +374,12 @@ def _route(verb: str, parts: list[str]) -> tuple[Any, tuple[str, ...]] | None:
             return handler, (owner, name, "/".join(rest))
         case ("GET", ["repos", owner, name, "branches", *rest]) if rest:
             return _get_branch, (owner, name, "/".join(rest))
+        case ("GET", ["repos", owner, name, "rules", "branches", *rest]) if rest:
+            return _get_branch_rules, (owner, name, "/".join(rest))
+        case ("GET" | "POST", ["repos", owner, name, "rulesets"]):
+            return (_list_rulesets if verb == "GET" else _create_ruleset), (owner, name)
+        case ("GET" | "PUT", ["repos", owner, name, "rulesets", ruleset_id]):
+            return (_get_ruleset if verb == "GET" else _put_ruleset), (owner, name, ruleset_id)
         case ("POST", ["repos", owner, name, "git", "trees" | "commits" | "refs" as kind]):
             return _GIT_DATA[kind], (owner, name)
         case ("PUT", ["repos", owner, name, "contents", *path]) if path:
@@ -284,6 +392,8 @@ def _route(verb: str, parts: list[str]) -> tuple[Any, tuple[str, ...]] | None:
 
 
 def _get_user(fake: FakeGithub, token: Token, user: str, body: Any) -> tuple[int, Any]:
+    if token.app is not None:
+        raise HttpError(403, "Resource not accessible by integration")
     return 200, fake.account_json(user, "User")
 
 
@@ -312,7 +422,8 @@ def _create_org_repo(fake: FakeGithub, token: Token, user: str, body: Any, login
     org = fake.orgs.get(login.lower())
     if org is None:
         raise HttpError(404, "Not Found")
-    if user.lower() not in org.admins | org.members:
+    installed = token.app is not None and token.app.owner.lower() == org.login.lower()
+    if user.lower() not in org.admins | org.members and not installed:
         raise HttpError(403, "You need admin access to the organization before adding a repo.")
     return _create_repo(fake, user, org.login, body)
 
@@ -358,6 +469,12 @@ def _admin_repo(fake: FakeGithub, token: Token, user: str, owner: str, name: str
     return repo
 
 
+def _require_plan(fake: FakeGithub, repo: Repo) -> None:
+    """GitHub Free has branch protection and rulesets for public repositories only."""
+    if repo.private and repo.owner.lower() in fake.free_accounts:
+        raise HttpError(403, UPGRADE)
+
+
 # --- branches and protection ---------------------------------------------------
 
 
@@ -367,7 +484,7 @@ def _get_branch(fake: FakeGithub, token: Token, user: str, body: Any, *where: st
     if branch not in repo.branches:
         raise HttpError(404, "Branch not found")
     sha = repo.branches[branch]
-    protected = branch in repo.protections
+    protected = branch in repo.protections or bool(_rules_for(repo, branch))
     return 200, {
         "name": branch,
         "commit": {"sha": sha, "url": fake.url("repos", owner, name, "commits", sha)},
@@ -380,6 +497,7 @@ def _get_branch(fake: FakeGithub, token: Token, user: str, body: Any, *where: st
 def _get_protection(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
     owner, name, branch = where
     repo = _admin_repo(fake, token, user, owner, name)
+    _require_plan(fake, repo)
     if branch not in repo.branches:
         raise HttpError(404, "Branch not found")
     if branch not in repo.protections:
@@ -390,6 +508,7 @@ def _get_protection(fake: FakeGithub, token: Token, user: str, body: Any, *where
 def _put_protection(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
     owner, name, branch = where
     repo = _admin_repo(fake, token, user, owner, name)
+    _require_plan(fake, repo)
     if branch not in repo.branches:
         raise HttpError(404, "Branch not found")
     required = ("required_status_checks", "enforce_admins", "required_pull_request_reviews")
@@ -451,6 +570,215 @@ def _protection_json(fake: FakeGithub, repo: Repo, branch: str) -> dict[str, Any
             "apps": [],
         }
     return out
+
+
+# --- rulesets ------------------------------------------------------------------
+
+
+def _rules_for(repo: Repo, branch: str) -> list[dict[str, Any]]:
+    """The rules of the active branch rulesets whose ref_name condition takes ``branch``."""
+    ref = f"refs/heads/{branch}"
+    out = []
+    for ruleset in repo.rulesets:
+        if ruleset["enforcement"] != "active" or ruleset["target"] != "branch":
+            continue
+        ref_name = (ruleset.get("conditions") or {}).get("ref_name") or {}
+        included = any(_ref_matches(p, ref, repo) for p in ref_name.get("include") or [])
+        if not included or any(_ref_matches(p, ref, repo) for p in ref_name.get("exclude") or []):
+            continue
+        source = {
+            "ruleset_source_type": "Repository",
+            "ruleset_source": repo.full_name,
+            "ruleset_id": ruleset["id"],
+        }
+        out += [rule | source for rule in ruleset.get("rules") or []]
+    return out
+
+
+def _ref_matches(pattern: str, ref: str, repo: Repo) -> bool:
+    if pattern == "~ALL":
+        return True
+    if pattern == "~DEFAULT_BRANCH":
+        return ref == f"refs/heads/{repo.default_branch}"
+    return re.fullmatch(_fnmatch_regex(pattern), ref) is not None
+
+
+def _fnmatch_regex(pattern: str) -> str:
+    """GitHub's ref patterns (Ruby's File.fnmatch with FNM_PATHNAME): ``*`` and ``?``
+    stay within a path segment, ``**/`` is any number of directories (even none),
+    ``[...]`` is a character class."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def _get_branch_rules(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
+    owner, name, branch = where
+    repo = fake.repo_for(user, owner, name)  # "Metadata: read"; the branch need not exist
+    return 200, _rules_for(repo, branch)
+
+
+def _list_rulesets(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
+    repo = fake.repo_for(user, *where)
+    return 200, [_ruleset_json(fake, repo, r, full=False) for r in repo.rulesets]
+
+
+def _create_ruleset(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
+    repo = _admin_repo(fake, token, user, *where)
+    _require_plan(fake, repo)
+    _validate_ruleset(repo, body, None)
+    return 201, _ruleset_json(fake, repo, _store_ruleset(fake, repo, body))
+
+
+def _find_ruleset(repo: Repo, ruleset_id: str) -> dict[str, Any]:
+    found = next((r for r in repo.rulesets if str(r["id"]) == ruleset_id), None)
+    if found is None:
+        raise HttpError(404, "Not Found")
+    return found
+
+
+def _get_ruleset(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
+    owner, name, ruleset_id = where
+    repo = fake.repo_for(user, owner, name)
+    return 200, _ruleset_json(fake, repo, _find_ruleset(repo, ruleset_id))
+
+
+def _put_ruleset(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
+    owner, name, ruleset_id = where
+    repo = _admin_repo(fake, token, user, owner, name)
+    _require_plan(fake, repo)
+    ruleset = _find_ruleset(repo, ruleset_id)
+    _validate_ruleset(repo, ruleset | body, ruleset["id"])
+    keys = ("name", "target", "enforcement", "bypass_actors", "conditions", "rules")
+    ruleset.update({key: body[key] for key in keys if key in body})
+    ruleset["updated_at"] = _now()
+    return 200, _ruleset_json(fake, repo, ruleset)
+
+
+def _validate_ruleset(repo: Repo, body: dict[str, Any], own_id: int | None) -> None:
+    errors = []
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append("Name can't be blank")
+    elif any(r["name"] == name and r["id"] != own_id for r in repo.rulesets):
+        errors.append("Name must be unique")
+    if body.get("enforcement") not in ("disabled", "active", "evaluate"):
+        errors.append(f"Invalid property /enforcement: {body.get('enforcement')!r}")
+    if body.get("target", "branch") not in ("branch", "tag", "push"):
+        errors.append(f"Invalid property /target: {body.get('target')!r}")
+    for rule in body.get("rules") or []:
+        if not isinstance(rule, dict) or rule.get("type") not in RULE_TYPES:
+            errors.append(f"Invalid rule: {rule!r}")
+    if errors:
+        raise HttpError(422, "Validation Failed", errors=errors)
+
+
+def _store_ruleset(fake: FakeGithub, repo: Repo, body: dict[str, Any]) -> dict[str, Any]:
+    ruleset = {
+        "id": next(fake._ids),
+        "name": body["name"],
+        "target": body.get("target", "branch"),
+        "enforcement": body["enforcement"],
+        "bypass_actors": body.get("bypass_actors", []),
+        "conditions": body.get("conditions") or {},
+        "rules": body.get("rules") or [],
+        "created_at": _now(),
+        "updated_at": _now(),
+    }
+    repo.rulesets.append(ruleset)
+    return ruleset
+
+
+def _ruleset_json(
+    fake: FakeGithub, repo: Repo, ruleset: dict[str, Any], full: bool = True
+) -> dict[str, Any]:
+    url = fake.url("repos", repo.owner, repo.name, "rulesets", str(ruleset["id"]))
+    out = {
+        "id": ruleset["id"],
+        "name": ruleset["name"],
+        "target": ruleset["target"],
+        "source_type": "Repository",
+        "source": repo.full_name,
+        "enforcement": ruleset["enforcement"],
+        "node_id": f"RRS_{ruleset['id']}",
+        "_links": {"self": {"href": url}},
+        "created_at": ruleset["created_at"],
+        "updated_at": ruleset["updated_at"],
+    }
+    if full:
+        out |= {
+            "bypass_actors": ruleset["bypass_actors"],
+            "current_user_can_bypass": "never",
+            "conditions": ruleset["conditions"],
+            "rules": ruleset["rules"],
+        }
+    return out
+
+
+def _now(at: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if at is None else at))
+
+
+# --- GitHub Apps ----------------------------------------------------------------
+
+
+def _mint_token(fake: FakeGithub, authorization: str, installation_id: str) -> tuple[int, Any]:
+    """``POST /app/installations/{id}/access_tokens``, authenticated as the app by a JWT."""
+    scheme, _, text = authorization.partition(" ")
+    undecodable = HttpError(401, "A JSON web token could not be decoded")
+    try:
+        claims = jwt.decode(text, options={"verify_signature": False})
+        app = fake.apps.get(int(claims["iss"]))
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        raise undecodable from None
+    if scheme.lower() != "bearer" or app is None:
+        raise undecodable
+    try:
+        jwt.decode(
+            text, app.public_key_pem, algorithms=["RS256"], options={"require": ["iat", "exp"]}
+        )
+    except jwt.ExpiredSignatureError:
+        raise HttpError(
+            401,
+            "'Expiration time' claim ('exp') must be a numeric value representing the future "
+            "time at which the assertion expires",
+        ) from None
+    except jwt.PyJWTError:
+        raise undecodable from None
+    if claims["exp"] > time.time() + 600:
+        raise HttpError(401, "'Expiration time' claim ('exp') is too far in the future")
+    if installation_id != str(app.installation_id):
+        raise HttpError(404, "Not Found")
+    token = "ghs_" + secrets.token_hex(18)
+    expires_at = time.time() + app.expires_in
+    fake.tokens[token] = Token(app.bot, app=app, expires_at=expires_at)
+    app.issued.append(token)
+    return 201, {
+        "token": token,
+        "expires_at": _now(expires_at),
+        "permissions": {"administration": "write", "contents": "write", "metadata": "read"},
+        "repository_selection": "all",
+    }
 
 
 # --- git data and contents -----------------------------------------------------
@@ -550,13 +878,15 @@ def _list_keys(fake: FakeGithub, token: Token, user: str, body: Any, *where: str
 
 def _add_key(fake: FakeGithub, token: Token, user: str, body: Any, *where: str) -> Any:
     repo = _admin_repo(fake, token, user, *where)
+    if not _keys_allowed(fake, repo):
+        raise HttpError(422, "Deploy keys are disabled for this repository")
     material = _material(body.get("key", ""))
     if not material.startswith(("ssh-ed25519 AAAA", "ssh-rsa AAAA", "ecdsa-sha2-")):
         raise HttpError(422, "Validation Failed", errors=[_key_error("key is invalid")])
     if any(k.key == material for r in fake.repos.values() for k in r.keys):
         raise HttpError(422, "Validation Failed", errors=[_key_error("key is already in use")])
     read_only = body.get("read_only", True)  # GitHub's default: read-only
-    key = Key(next(fake._ids), body.get("title", ""), material, bool(read_only))
+    key = Key(next(fake._ids), body.get("title", ""), material, bool(read_only), user)
     repo.keys.append(key)
     return 201, _key_json(fake, repo, key)
 
@@ -569,6 +899,11 @@ def _delete_key(fake: FakeGithub, token: Token, user: str, body: Any, *where: st
     if len(repo.keys) == before:
         raise HttpError(404, "Not Found")
     return 204, None
+
+
+def _keys_allowed(fake: FakeGithub, repo: Repo) -> bool:
+    org = fake.orgs.get(repo.owner.lower())
+    return org is None or org.deploy_keys_allowed
 
 
 def _key_error(message: str) -> dict[str, str]:
@@ -584,9 +919,9 @@ def _key_json(fake: FakeGithub, repo: Repo, key: Key) -> dict[str, Any]:
         "verified": True,
         "created_at": "2024-01-01T00:00:00Z",
         "read_only": key.read_only,
-        "added_by": "someone",
+        "added_by": key.added_by,
         "last_used": None,
-        "enabled": True,
+        "enabled": _keys_allowed(fake, repo),
     }
 
 

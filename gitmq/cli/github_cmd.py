@@ -1,7 +1,8 @@
 """``gitmq github setup|check``: the GitHub side of the queues of a node config.
 
 The token comes from an environment variable, never from argv (which every
-user of the machine can read) or from the config file.
+user of the machine can read) or from the config file. With ``github.app`` in
+the config, setup and check act as that GitHub App's installation instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gitmq.cli.errors import guarded
 from gitmq.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:  # PyGithub takes a third of a second to import: only when used
-    from gitmq.github import GithubTarget
+    from gitmq.github import Credentials, GithubTarget, Problem
 
 DEFAULT_TOKEN_ENV = "GITHUB_TOKEN"
 
@@ -41,18 +42,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         action.add_argument(
             "--token-env",
-            default=DEFAULT_TOKEN_ENV,
             metavar="NAME",
-            help="environment variable that holds the GitHub token (default: %(default)s)",
+            help=f"environment variable that holds the GitHub token (default: "
+            f"{DEFAULT_TOKEN_ENV}, unless the config has github.app)",
         )
         action.set_defaults(func=func)
+    setup_parser = actions.choices["setup"]
+    setup_parser.add_argument(
+        "--ruleset",
+        action="store_true",
+        help="also keep the repository ruleset 'gitmq queues': no force-push on queue "
+        "branches and their segments",
+    )
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    target = github_target_from_config(args.config)
+    config = node_config.load(args.config)
+    target = target_from(config)
     from gitmq import github
 
-    changes = github.setup(target, _token(args.token_env))
+    changes = github.setup(target, _credentials(args, config), ruleset=args.ruleset)
     for change in changes:
         print(change)
     if not changes:
@@ -61,16 +70,43 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    target = github_target_from_config(args.config)
+    config = node_config.load(args.config)
+    target = target_from(config)
     from gitmq import github
 
-    problems = github.check(target, _token(args.token_env))
+    local = _git_client_problem()  # before GitHub, so that it shows even if GitHub fails
+    problems = [*local, *github.check(target, _credentials(args, config))]
     for problem in problems:
         print(problem)
-    if problems:
+    if any(problem.blocking for problem in problems):
         return 1
     print("check: ok")
     return 0
+
+
+def _git_client_problem() -> list[Problem]:
+    from gitmq.github import git_client_problem
+    from gitmq.storage import gitcli
+
+    version = gitcli.run(None, ["--version"], timeout=30).stdout.decode("utf-8", "replace")
+    problem = git_client_problem(version)
+    return [] if problem is None else [problem]
+
+
+def _credentials(args: argparse.Namespace, config: node_config.NodeConfig) -> Credentials:
+    """A token from ``--token-env``; else the config's GitHub App; else ``$GITHUB_TOKEN``."""
+    app = config.github.app if config.github else None
+    if args.token_env is None and app is not None:
+        from gitmq.github_app import installation_auth
+
+        try:
+            return installation_auth(app)
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.file}: github.app.private_key_file: cannot read "
+                f"{app.private_key_file} ({exc.strerror})"
+            ) from None
+    return _token(args.token_env or DEFAULT_TOKEN_ENV)
 
 
 def _token(name: str) -> str:
@@ -94,27 +130,46 @@ def github_target_from_config(path: Path) -> GithubTarget:
     not compared), then the dead-letter queues of their consumers, as sync
     pushes them. A rotating queue's later segments are made by the nodes.
     """
-    from gitmq.github import DeployKey, GithubTarget
+    return target_from(node_config.load(path))
 
-    config = node_config.load(path)
+
+def target_from(config: node_config.NodeConfig) -> GithubTarget:
+    """The GitHub target of a loaded node config (see :func:`github_target_from_config`).
+
+    Its segmented queues are the rotating ones; its read load counts one node per
+    deploy key (at least one) on the sync schedule of this config.
+    """
+    from gitmq.github import DeployKey, GithubTarget, ReadLoad
+
+    path = config.file
     if config.github is None:
         raise ConfigError(f"{path}: github: is required for 'gitmq github'")
     repository = config.github.repository
     branches: list[str] = []
-    for name, remote in config.remotes.items():
-        if _repository_of(remote.url) == repository.lower():
-            branches += [q for q in config.synced_queues(name) if q not in branches]
+    remotes = [n for n, r in config.remotes.items() if _repository_of(r.url) == repository.lower()]
+    for name in remotes:
+        branches += [q for q in config.synced_queues(name) if q not in branches]
     if not branches:
         raise ConfigError(
             f"{path}: no queue has a remote whose url names {repository}: "
             f"nothing to set up on GitHub"
         )
+    rotating = [q.name for q in config.queues.values() if q.rotate and q.name in branches]
+    load = ReadLoad(
+        remote=remotes[0],
+        budget=config.remotes[remotes[0]].budget,
+        nodes=max(1, len(config.github.deploy_keys)),
+        interval=config.sync.interval,
+        poll=config.sync.poll,
+    )
     return GithubTarget(
         repository=repository,
         branches=tuple(branches),
         deploy_keys=tuple(DeployKey(k.title, k.key) for k in config.github.deploy_keys),
         private=config.github.private,
         base_url=config.github.base_url,
+        segmented=tuple(rotating),
+        load=load,
     )
 
 
