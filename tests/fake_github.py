@@ -54,6 +54,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -106,6 +107,8 @@ class App:
     owner: str
     expires_in: float = 3600.0  # lifetime of the tokens it mints (GitHub: one hour)
     issued: list[str] = field(default_factory=list)  # the tokens minted, oldest first
+    #: Told each new token before it is handed out (a git server to accept it).
+    on_issue: Callable[[str], None] | None = None
 
     @property
     def bot(self) -> str:
@@ -773,6 +776,8 @@ def _mint_token(fake: FakeGithub, authorization: str, installation_id: str) -> t
     expires_at = time.time() + app.expires_in
     fake.tokens[token] = Token(app.bot, app=app, expires_at=expires_at)
     app.issued.append(token)
+    if app.on_issue is not None:
+        app.on_issue(token)
     return 201, {
         "token": token,
         "expires_at": _now(expires_at),

@@ -15,6 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_github import FakeGithub
 from nodes import Cluster, TestNode, assert_landed_once, landed_ids, remote_messages
 from servers import GitDaemon, SmartHttp, SshServer, make_bare
 from util import fails, git, ok, rev_parse, wait_for
@@ -196,6 +199,51 @@ def test_a_token_file_rotated_mid_run_fails_no_cycle_after_the_change(
         )
         assert node.stop() == 0
     assert new not in node.log_text() and new not in (node.storage / "config").read_text()
+
+
+def test_a_github_app_remote_pushes_with_installation_tokens_renewed_before_expiry(
+    tmp_path: Path, smart_http: SmartHttp
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "app.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    fake = FakeGithub()
+    app = fake.add_app(4242, public, 77, "acme")
+    app.expires_in = 25  # PyGithub renews 20 s before expiry: a new token every ~5 s
+    app.on_issue = smart_http.rotate  # the git server accepts only the newest token
+    fake.start()
+    make_bare(smart_http.root, "central.git")
+    github = {
+        "repository": "acme/central",
+        "base_url": fake.base_url,
+        "app": {"app_id": 4242, "installation_id": 77, "private_key_file": str(key_file)},
+    }
+    try:
+        with Cluster(tmp_path / "nodes", smart_http.url("central.git")) as cluster:
+            node = cluster.node(
+                "a", ["billing"], remote={"github_app": True}, extra={"github": github}
+            )
+            node.start("--log-format", "json")
+            node.publish("orders", "one")
+            wait_for(lambda: node.payloads("billing") == ["one"], timeout=30)
+            wait_for(lambda: len(app.issued) >= 3, timeout=40)  # renewed, twice
+            node.publish("orders", "two")
+            wait_for(lambda: node.payloads("billing") == ["one", "two"], timeout=30)
+            assert node.stop() == 0
+    finally:
+        fake.stop()
+    errors = [r["error"] for r in node.sync_records() if r["error"]]
+    assert errors == [], errors
+    assert not any(token in node.log_text() for token in app.issued)
 
 
 def cycles_since(node: TestNode, when: datetime) -> list[dict[str, object]]:
