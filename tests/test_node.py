@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from servers import GitDaemon, SmartHttp, SshServer, make_bare
 from util import fails, git, ok, rev_parse, wait_for
 
 from gitmq import Identity, Producer, Storage
+from gitmq.storage.remote import Credentials
 
 
 def local_count(node: TestNode, queue: str = "orders") -> int:
@@ -244,6 +246,28 @@ def test_a_github_app_remote_pushes_with_installation_tokens_renewed_before_expi
     errors = [r["error"] for r in node.sync_records() if r["error"]]
     assert errors == [], errors
     assert not any(token in node.log_text() for token in app.issued)
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://git.example.com/acme/other.git", True),
+        ("https://git.example.com:8443/acme/queues.git", False),
+        ("https://evil.example.org/acme/queues.git", False),
+        ("http://git.example.com/acme/queues.git", False),
+    ],
+)
+def test_the_token_header_goes_to_the_remotes_own_host_only(url: str, sent: bool) -> None:
+    """git itself decides which requests get the header (``http.<url>.extraHeader``)."""
+    env = {**os.environ, **Credentials(token="s3cret").env("https://git.example.com/acme/q.git")}
+    found = subprocess.run(
+        ["git", "config", "--get-urlmatch", "http.extraHeader", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (found.returncode == 0 and "Authorization: Basic " in found.stdout) is sent
 
 
 def cycles_since(node: TestNode, when: datetime) -> list[dict[str, object]]:

@@ -108,7 +108,7 @@ class Credentials:
             basic = base64.b64encode(f"{self.token_user}:{token}".encode()).decode()
             env.update(
                 GIT_CONFIG_COUNT="1",
-                GIT_CONFIG_KEY_0="http.extraHeader",
+                GIT_CONFIG_KEY_0=f"http.{_site(url)}extraHeader",
                 GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
             )
         ssh = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(self.timeout)}"]
@@ -131,6 +131,18 @@ class Credentials:
         if own:
             env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         return env
+
+
+def _site(url: str) -> str:
+    """``https://host[:port]/.`` for an http(s) url, so that the token's header goes to
+    the remote's own host only (git matches ``http.<url>.*`` by prefix); else ""."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/."
 
 
 def _ssh_target(url: str) -> tuple[str, str | None] | None:
