@@ -166,13 +166,18 @@ class Pace:
 
     def cycle(self) -> None:
         """Begin a sync cycle: wait until a read and a push are there, take the read."""
+        self.wait_room()
+        self.read()
+
+    def wait_room(self) -> None:
+        """Wait until a read and a push are both there. Callers wait here *before* they
+        take the node's sync lock, so that listens go on meanwhile."""
         while not self._released.is_set():
             delay = self.room()
             if delay <= 0:
-                break
+                return
             self.waited += delay
             self._released.wait(delay)
-        self.read()
 
     def try_read(self) -> bool:
         """Take a read if the budget has one now; never waits."""

@@ -191,11 +191,11 @@ class Node:
         return report
 
     def sync_remote(self, name: str, leaving: bool = False) -> SyncReport:
+        self.targets[name].pace.wait_room()  # outside the lock: listens go on meanwhile
         with self._sync_lock:
             report = sync_once(self.storage, self.targets[name], leaving=leaving)
         self.storage.release_deleted_packs()
-        if self.presence is not None:
-            self.presence.remote(name, self.targets[name].pace.line())
+        Presence.show(self.presence, name, self.targets[name].pace.line())
         level = logging.INFO if report.ok else logging.WARNING
         log.log(level, "%s", report.line(), extra={"sync": vars(report)})
         return report

@@ -39,6 +39,12 @@ class Presence:
         }
         self._write()
 
+    @staticmethod
+    def show(presence: Presence | None, name: str, line: str) -> None:
+        """Record remote ``name``'s pace in ``presence``, when there is one (a node run)."""
+        if presence is not None:
+            presence.remote(name, line)
+
     def remote(self, name: str, line: str) -> None:
         """Record ``line`` for remote ``name`` (written only when it changed)."""
         if self.info["remotes"].get(name) != line:

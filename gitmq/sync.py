@@ -440,6 +440,8 @@ def sync_once(
     for queue in target.queues:
         storage.set_upstream(queue, target.remote)
     target.registry.leaving = leaving  # the node stops: its ref goes in this push
+    if not listen_only:
+        target.pace.wait_room()  # before the storage's sync lock: other processes go on
     with storage.exclusive(sync_lock(target.remote)):
         target.refusals.deferred.clear()  # what a cut-short search set aside
         streak = chunks = refusals = 0  # rejections in a row; chunks gone through
