@@ -19,7 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+_T = TypeVar("_T")
 
 #: What a github.com remote gets when its config sets no budget: below GitHub's
 #: recommendation of 15 git reads a second per repository (900 a minute).
@@ -178,6 +181,16 @@ class Pace:
                 return
             self.waited += delay
             self._released.wait(delay)
+
+    def when_ready(self, lock: threading.Lock, action: Callable[[], _T]) -> _T:
+        """Run ``action`` under ``lock`` once a read and a push are there. The wait is
+        outside the lock (listens go on meanwhile), and if another sync took the turn
+        while this one waited for the lock, it waits again outside it."""
+        while True:
+            self.wait_room()
+            with lock:
+                if self._released.is_set() or self.room() <= 0:
+                    return action()
 
     def try_read(self) -> bool:
         """Take a read if the budget has one now; never waits."""

@@ -27,6 +27,7 @@ from gitmq.sync import SyncTarget
 log = logging.getLogger("gitmq.node")
 
 TICK = 0.01
+WAKE_TICK = 0.1
 GATHER = 0.005
 WAKE_FILE = "gitmq-wake"
 
@@ -45,11 +46,13 @@ class Waker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_file = storage.git_dir / WAKE_FILE
-        self.wakes = 0  # syncs it started, for tests and the log
+        # Idle nodes only watch the wake file: ten looks a second are enough for it.
+        self._tick = TICK if eager else WAKE_TICK
 
-    def start(self) -> None:
+    def start(self) -> Waker:
         self._thread = threading.Thread(target=self._run, name="gitmq-waker", daemon=True)
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         self._stop.set()
@@ -68,7 +71,7 @@ class Waker:
     def _run(self) -> None:
         seen = {name: self._heads(name) for name in self.eager}
         stamp = self._stamp()
-        while not self._stop.wait(TICK):
+        while not self._stop.wait(self._tick):
             try:
                 due = {name for name in self.eager if self._heads(name) != seen[name]}
                 if self._stamp() != stamp:
@@ -83,7 +86,6 @@ class Waker:
                         seen[name] = self._heads(name)  # before: what comes later goes next
                     if self._stop.wait(self.targets[name].pace.room()):
                         return
-                    self.wakes += 1
                     self.sync(name)
             except Exception as exc:  # never die: log, go on with the schedule alone
                 log.error("eager sync: %s", exc)

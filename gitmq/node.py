@@ -191,9 +191,10 @@ class Node:
         return report
 
     def sync_remote(self, name: str, leaving: bool = False) -> SyncReport:
-        self.targets[name].pace.wait_room()  # outside the lock: listens go on meanwhile
-        with self._sync_lock:
-            report = sync_once(self.storage, self.targets[name], leaving=leaving)
+        target = self.targets[name]  # waits for its turn in the budget outside the lock
+        report = target.pace.when_ready(
+            self._sync_lock, lambda: sync_once(self.storage, target, leaving=leaving)
+        )
         self.storage.release_deleted_packs()
         Presence.show(self.presence, name, self.targets[name].pace.line())
         level = logging.INFO if report.ok else logging.WARNING
@@ -241,10 +242,8 @@ class Node:
             consumer.consume(handler)
         scheduler.start()
         self.presence = Presence(self.storage, self.config.name, self.targets)
-        waker = eager.Waker(
-            self.storage, self.targets, eager_remotes(self.config), self.sync_remote
-        )
-        waker.start()
+        eager_ones = eager_remotes(self.config)
+        waker = eager.Waker(self.storage, self.targets, eager_ones, self.sync_remote).start()
         log.info(
             "node %s running: %d consumers, %d remotes",
             self.config.name,

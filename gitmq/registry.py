@@ -15,6 +15,7 @@ Every node reads the refs from the listing it makes each cycle anyway.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -89,7 +90,7 @@ class Registry:
         node refs); ``BODY`` is stored here first, inside the caller's guard."""
         if not self.node or any(ref.startswith(PREFIX) for ref in excluded):
             return []
-        anchor = lambda: storage.write_commits([BODY])[0]  # noqa: E731
+        anchor = functools.partial(_store_body, storage)
         return self.updates(remote_refs, now.timestamp(), pushing, anchor, leaving=self.leaving)
 
     def count(self, remote_refs: Mapping[str, str], now: float) -> tuple[int, int]:
@@ -138,3 +139,8 @@ class Registry:
             return []
         old = [e for e in found if now - e.at >= FORGET and e.node != self.node]
         return [RefUpdate("", e.ref, lease=e.sha, delete=True) for e in old[:10]]
+
+
+def _store_body(storage: Storage) -> str:
+    """Write ``BODY`` into ``storage`` (it may have been collected since); its id."""
+    return storage.write_commits([BODY])[0]
