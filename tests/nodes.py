@@ -445,3 +445,15 @@ def wait_packed(repo: Path, timeout: float = 300.0) -> None:
     starts one that outlives it); git fsck beside a repack sees packs vanish."""
     lock = repo / packing.LOCK_NAME
     wait_for(lambda: not lock.exists(), timeout, f"the repack in {repo} to finish", interval=0.1)
+
+
+def delivering_pair(cluster: Cluster, first: str) -> list[TestNode]:
+    """Nodes a and b (consumers c-a and c-b) running, once both delivered ``first``,
+    published on a."""
+    nodes = [cluster.node(name, [f"c-{name}"]) for name in ("a", "b")]
+    for node in nodes:
+        node.start()
+    nodes[0].publish("orders", first)
+    for node in nodes:
+        wait_for(lambda node=node: node.payloads(f"c-{node.name}") == [first], timeout=60)
+    return nodes

@@ -15,9 +15,20 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nodes import Cluster
+from nodes import Cluster, delivering_pair
 from servers import GitDaemon
-from util import commit_body, git, gitmq, ok, plant, rev_parse, run, wait_for, write_commit
+from util import (
+    clone_bare,
+    commit_body,
+    git,
+    gitmq,
+    ok,
+    plant,
+    rev_parse,
+    run,
+    wait_for,
+    write_commit,
+)
 
 from gitmq import Consumer, Producer, Storage
 from gitmq.message import decode
@@ -230,15 +241,8 @@ def _queue_with_ids(storage: Storage, ids: list[int]) -> list[str]:
 def test_a_copy_pushed_to_the_remote_is_dead_lettered_on_every_node(
     cluster: Cluster, central: Path, git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
-    nodes = [cluster.node(name, [f"c-{name}"]) for name in ("a", "b")]
-    for node in nodes:
-        node.start()
-    nodes[0].publish("orders", "pay 10 to ann")
-    for node in nodes:
-        wait_for(lambda node=node: node.payloads(f"c-{node.name}") == ["pay 10 to ann"], timeout=60)
-
-    attacker = tmp_path / "attacker.git"
-    ok(run(["git", "clone", "-q", "--bare", git_daemon.url("central.git"), str(attacker)]))
+    nodes = delivering_pair(cluster, "pay 10 to ann")
+    attacker = clone_bare(git_daemon.url("central.git"), tmp_path / "attacker.git")
     original = rev_parse(attacker, REF) or ""
     copy = forge(attacker, original, b"pay 1000 to mallory")
     git(attacker, "push", "-q", git_daemon.url("central.git"), REF)

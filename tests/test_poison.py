@@ -16,9 +16,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nodes import Cluster
+from nodes import Cluster, delivering_pair
 from servers import GitDaemon
-from util import git, git_text, gitmq, ok, plant, rev_parse, run, wait_for, write_commit
+from util import (
+    clone_bare,
+    git,
+    git_text,
+    gitmq,
+    ok,
+    plant,
+    rev_parse,
+    wait_for,
+    write_commit,
+)
 
 from gitmq import Consumer, Identity, Storage
 from gitmq.message import EMPTY_TREE, Draft, decode, encode
@@ -181,16 +191,9 @@ def test_what_encode_writes_decodes_to_the_same_message(draft: Draft, parent: st
 def test_a_poison_message_pushed_to_the_remote_reaches_every_node_as_a_dead_letter(
     cluster: Cluster, central: Path, git_daemon: GitDaemon, tmp_path: Path
 ) -> None:
-    nodes = [cluster.node(name, [f"c-{name}"]) for name in ("a", "b")]
-    for node in nodes:
-        node.start()
-    nodes[0].publish("orders", "before")
-    for node in nodes:
-        wait_for(lambda node=node: node.payloads(f"c-{node.name}") == ["before"], timeout=60)
-
+    nodes = delivering_pair(cluster, "before")
     # Someone with push access appends a commit that is no message.
-    attacker = tmp_path / "attacker.git"
-    ok(run(["git", "clone", "-q", "--bare", git_daemon.url("central.git"), str(attacker)]))
+    attacker = clone_bare(git_daemon.url("central.git"), tmp_path / "attacker.git")
     body = poison_body(attacker, "bad-base64", rev_parse(attacker, "refs/heads/orders") or "")
     poison = plant(attacker, body)
     git(attacker, "push", "-q", git_daemon.url("central.git"), "refs/heads/orders")

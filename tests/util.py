@@ -313,3 +313,9 @@ def plant(repo: Path, body: bytes, ref: str = "refs/heads/orders") -> str:
     sha = write_commit(repo, body)
     git(repo, "update-ref", ref, sha)
     return sha
+
+
+def clone_bare(url: str, path: Path) -> Path:
+    """A bare clone of ``url`` at ``path`` (an attacker's copy of the remote)."""
+    ok(run(["git", "clone", "-q", "--bare", url, str(path)]))
+    return path
