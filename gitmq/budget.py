@@ -115,7 +115,6 @@ class Pace:
         self._reads, self._pushes = _Bucket(READ_BURST, clock), _Bucket(PUSH_BURST, clock)
         self._lock = threading.Lock()
         self._released = threading.Event()
-        self.waited = 0.0  # seconds spent waiting for the budget, for the report
         self.share(1, 1)
 
     def share(self, nodes: int, pushers: int) -> bool:
@@ -179,7 +178,6 @@ class Pace:
             delay = self.room()
             if delay <= 0:
                 return
-            self.waited += delay
             self._released.wait(delay)
 
     def when_ready(self, lock: threading.Lock, action: Callable[[], _T]) -> _T:
@@ -225,7 +223,6 @@ class Pace:
                 if delay <= 0:
                     bucket.take()
                     return
-            self.waited += delay
             self._released.wait(delay)
 
     def line(self) -> str:
