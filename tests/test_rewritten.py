@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from nodes import Cluster, TestNode, remote_messages
-from util import git, gitmq, ok, rev_parse
+from util import git, gitmq, ok, rev_parse, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +197,47 @@ def test_repair_refuses_what_it_cannot_repair(cluster: Cluster, central: Path) -
     git(central, "update-ref", "-d", "refs/heads/orders")
     result = gitmq("repair", "--config", node.config, "orders", "--adopt-remote")
     assert result.status == 4 and "use --restore" in result.err, str(result)
+
+
+@pytest.mark.parametrize("damage", ["rewritten", "deleted"])
+def test_running_nodes_hold_the_damaged_queue_and_keep_delivering_the_others(
+    cluster: Cluster, central: Path, damage: str
+) -> None:
+    """Two running nodes, two queues: when one queue's remote branch is rewritten or
+    deleted, both nodes hold that queue (nothing of it moves, the error is logged)
+    while the other queue keeps flowing between them."""
+    nodes = [
+        cluster.node(
+            name,
+            {f"orders-{name}": "orders", f"audit-{name}": "audit"},  # one offset per node
+            queues=("orders", "audit"),
+            interval="300ms",
+        )
+        for name in ("a", "b")
+    ]
+    for node in nodes:
+        node.start()
+    nodes[0].publish("orders", "o1")
+    nodes[0].publish("audit", "a1")
+    for node in nodes:
+        wait_for(lambda node=node: node.payloads(f"orders-{node.name}") == ["o1"], timeout=60)
+        wait_for(lambda node=node: node.payloads(f"audit-{node.name}") == ["a1"], timeout=60)
+    confirmed = rev_parse(central, "refs/heads/orders")
+    assert confirmed is not None
+    if damage == "rewritten":
+        git(central, "update-ref", "refs/heads/orders", foreign_history(central, ["evil"]))
+        said = "rewrote queue branch orders"
+    else:
+        git(central, "update-ref", "-d", "refs/heads/orders")
+        said = "has no branch orders"
+
+    nodes[1].publish("orders", "o2")  # held on b: never pushed while orders is damaged
+    nodes[1].publish("audit", "a2")
+    for node in nodes:
+        wait_for(lambda node=node: node.payloads(f"audit-{node.name}") == ["a1", "a2"], timeout=60)
+        wait_for(lambda node=node: said in node.log_text(), timeout=60)
+        assert node.payloads(f"orders-{node.name}") == ["o1"]
+        assert rev_parse(node.storage, "refs/remotes/central/orders") == confirmed
+    assert all(m.payload != b"o2" for m in remote_messages(central, "orders"))
+    for node in nodes:
+        assert node.stop() == 0
