@@ -414,7 +414,9 @@ def _refused(target: SyncTarget, report: SyncReport, pushed: list[str], exc: Pus
 
 def _gave_up(target: SyncTarget, report: SyncReport, started: float) -> bool:
     """Whether a cycle stops retrying rejected pushes: after ``max_attempts``, or, with a
-    push budget (whose backoff paces the retries), after three intervals."""
+    push budget (whose backoff paces the retries), three intervals after ``started``."""
+    if not report.rejections:
+        return False
     if target.pace.pushes_per_minute is None:
         return report.rejections >= target.max_attempts
     return time.monotonic() - started >= 3 * target.interval
@@ -443,6 +445,7 @@ def sync_once(
     if not listen_only:
         target.pace.wait_room()  # before the storage's sync lock: other processes go on
     with storage.exclusive(sync_lock(target.remote)):
+        first = time.monotonic()  # the budget's wait is no part of the retry window
         target.refusals.deferred.clear()  # what a cut-short search set aside
         streak = chunks = refusals = 0  # rejections in a row; chunks gone through
         while True:
@@ -455,7 +458,7 @@ def sync_once(
                 streak += 1
                 target.state.lost()
                 log.info("sync %s: push rejected (%s); retrying", target.remote, exc)
-                if _gave_up(target, report, started):
+                if _gave_up(target, report, first):
                     break
                 paced = target.pace.backoff(streak)  # by the budget when there is one
                 sleep(paced or backoff(streak, time.monotonic() - began))
@@ -478,7 +481,7 @@ def sync_once(
             deferred, target.refusals.deferred = target.refusals.deferred, set()
             if not (cycle.more or deferred) or chunks >= MAX_CHUNKS:  # else go on at once
                 break
-        if report.pushes == 0 and _gave_up(target, report, started):
+        if report.pushes == 0 and _gave_up(target, report, first):
             report.error = (
                 f"push rejected {report.rejections} times (other nodes kept pushing "
                 f"first); will try again next cycle"

@@ -288,3 +288,27 @@ def test_a_github_remote_gets_the_default_budget_unless_it_sets_one(tmp_path: Pa
     assert Budget(600, 120, default=True).line() == (
         "600 reads and 120 pushes a minute for the cluster (the default for github.com)"
     )
+
+
+def test_a_cycle_that_waited_for_the_budget_and_had_nothing_to_push_is_ok(
+    tmp_path: Path,
+) -> None:
+    """The wait for the budget is no part of the retry window: a cycle that waited
+    longer than three intervals for its turn, then found nothing to push, is ok."""
+    from gitmq.message import Identity
+    from gitmq.sync import SyncTarget, sync_once
+
+    remote = tmp_path / "central.git"
+    ok(gitmq("publish", remote, "orders", "seed"))
+    pace = Pace(Budget(60, 60))  # one read and one push a second for this single node
+    while pace.try_read():
+        pass  # the burst is spent: the next cycle waits about a second
+    target = SyncTarget(
+        "central", str(remote), ("orders",), (), Identity("n", "n@x"), interval=0.1, pace=pace
+    )
+    with Storage(tmp_path / "node.git") as storage:
+        began = time.monotonic()
+        report = sync_once(storage, target)
+        waited = time.monotonic() - began
+    assert report.ok and report.error is None, report.line()
+    assert report.fetched == 1 and waited >= 0.5
