@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit
+
+from gitmq.storage.remote import host_of
 
 _T = TypeVar("_T")
 
@@ -60,14 +61,7 @@ def _rate(value: float | None) -> str:
 
 def is_github(url: str) -> bool:
     """Whether ``url`` names a repository on github.com (https, ssh or scp-like)."""
-    if "://" in url:
-        try:
-            host = urlsplit(url).hostname or ""
-        except ValueError:
-            return False
-    else:
-        host = url.partition(":")[0].rpartition("@")[2] if ":" in url else ""
-    return host.lower() in ("github.com", "www.github.com", "ssh.github.com")
+    return host_of(url) in ("github.com", "www.github.com", "ssh.github.com")
 
 
 def default_budget(url: str) -> Budget:
@@ -160,16 +154,12 @@ class Pace:
 
     def begin(self, listen_only: bool) -> bool:
         """Take the read a cycle starts with: a listen only if one is there now (False:
-        skip it), a sync cycle once a read and a push are both there."""
+        skip it), a sync cycle (or its retry) once a read and a push are both there."""
         if listen_only:
             return self.try_read()
-        self.cycle()
-        return True
-
-    def cycle(self) -> None:
-        """Begin a sync cycle: wait until a read and a push are there, take the read."""
         self.wait_room()
         self.read()
+        return True
 
     def wait_room(self) -> None:
         """Wait until a read and a push are both there. Callers wait here *before* they

@@ -68,8 +68,8 @@ __all__ = [
     "RULESET_NAME",
     "SEGMENTS_PATTERN",
     "TOKEN_RIGHTS",
+    "ApiCredentials",
     "Change",
-    "Credentials",
     "DeployKey",
     "GithubError",
     "GithubTarget",
@@ -83,7 +83,9 @@ __all__ = [
     "wanted_ruleset",
 ]
 
-Credentials = str | Auth.Token | Auth.AppInstallationAuth  # a token, or a GitHub App installation
+ApiCredentials = (
+    str | Auth.Token | Auth.AppInstallationAuth
+)  # a token, or a GitHub App installation
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,11 @@ class _Session:
 
 
 def setup(
-    target: GithubTarget, credentials: Credentials, *, throttle: bool = True, ruleset: bool = False
+    target: GithubTarget,
+    credentials: ApiCredentials,
+    *,
+    throttle: bool = True,
+    ruleset: bool = False,
 ) -> list[Change]:
     """Create and protect whatever is missing; idempotent.
 
@@ -124,7 +130,7 @@ def setup(
 
 
 def check(
-    target: GithubTarget, credentials: Credentials, *, throttle: bool = True
+    target: GithubTarget, credentials: ApiCredentials, *, throttle: bool = True
 ) -> list[Problem]:
     """Report, one per issue, what is wrong (and notes); changes nothing."""
     with _session(target, credentials, throttle) as s:
@@ -155,7 +161,9 @@ def check(
 
 
 @contextmanager
-def _session(target: GithubTarget, credentials: Credentials, throttle: bool) -> Iterator[_Session]:
+def _session(
+    target: GithubTarget, credentials: ApiCredentials, throttle: bool
+) -> Iterator[_Session]:
     # No retries: a rate limit or an outage is reported at once with what to do
     # (setup is idempotent, run it again) instead of blocking for up to an hour.
     pacing: dict[str, Any] = {}

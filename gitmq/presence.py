@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ class Presence:
 
     def __init__(self, storage: Storage, node: str, targets: Mapping[str, SyncTarget]) -> None:
         self.path = storage.git_dir / NODE_FILE
+        self._lock = threading.Lock()
         self.info: dict[str, Any] = {
             "node": node,
             "pid": os.getpid(),
@@ -52,9 +54,10 @@ class Presence:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.info) + "\n")
-        os.replace(tmp, self.path)
+        with self._lock:  # the scheduler's and the waker's syncs both report here
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.info) + "\n")
+            os.replace(tmp, self.path)
 
     def withdraw(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -23,7 +23,7 @@ from gitmq.cli.github_cmd import github_target_from_config, main
 from gitmq.config import GithubAppConfig
 from gitmq.errors import ConfigError, GitMQError
 from gitmq.github import (
-    Credentials,
+    ApiCredentials,
     DeployKey,
     GithubError,
     GithubTarget,
@@ -78,21 +78,24 @@ def lines(records: list[object]) -> list[str]:
 
 
 def run_setup(
-    fake: FakeGithub, token: Credentials = "alice-token", ruleset: bool = False, **options: object
+    fake: FakeGithub,
+    token: ApiCredentials = "alice-token",
+    ruleset: bool = False,
+    **options: object,
 ) -> list[str]:
     changes = setup(target(fake, **options), token, throttle=False, ruleset=ruleset)  # type: ignore[arg-type]
     return lines(changes)
 
 
 def run_check(
-    fake: FakeGithub, token: Credentials = "alice-token", notes: bool = False, **options: object
+    fake: FakeGithub, token: ApiCredentials = "alice-token", notes: bool = False, **options: object
 ) -> list[str]:
     """The lines check reports; without ``notes``, only the problems."""
     found = check(target(fake, **options), token, throttle=False)  # type: ignore[arg-type]
     return lines([p for p in found if notes or p.blocking])
 
 
-def setup_error(fake: FakeGithub, token: Credentials = "alice-token", **options: object) -> str:
+def setup_error(fake: FakeGithub, token: ApiCredentials = "alice-token", **options: object) -> str:
     with pytest.raises(GithubError) as info:
         run_setup(fake, token, **options)
     assert isinstance(info.value, GitMQError)

@@ -20,7 +20,7 @@ from gitmq.cli.errors import guarded
 from gitmq.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:  # PyGithub takes a third of a second to import: only when used
-    from gitmq.github import Credentials, GithubTarget, Problem
+    from gitmq.github import ApiCredentials, GithubTarget, Problem
 
 DEFAULT_TOKEN_ENV = "GITHUB_TOKEN"
 
@@ -93,7 +93,7 @@ def _git_client_problem() -> list[Problem]:
     return [] if problem is None else [problem]
 
 
-def _credentials(args: argparse.Namespace, config: node_config.NodeConfig) -> Credentials:
+def _credentials(args: argparse.Namespace, config: node_config.NodeConfig) -> ApiCredentials:
     """A token from ``--token-env``; else the config's GitHub App; else ``$GITHUB_TOKEN``."""
     app = config.github.app if config.github else None
     if args.token_env is None and app is not None:

@@ -235,10 +235,13 @@ def cmd_log(args: argparse.Namespace) -> int:
         tip = storage.read_ref(ref)
         if tip is None:
             raise NotFoundError(f"queue {args.queue!r} does not exist in {storage.path}")
-        # Oldest first through a screen, which marks copies of an earlier message.
+        # Copies are found oldest first (a screen follows the history), then the listing
+        # goes newest first: only the copies are kept between the two passes.
+        shas = storage.recent_commits(tip, args.limit)
         screen = Screen(QueueSource(storage, args.queue))
-        shas = storage.recent_commits(tip, args.limit)[::-1]
-        for message in reversed([screen.mark(storage.read(sha)) for sha in shas]):
+        marked = (screen.mark(storage.read(sha)) for sha in reversed(shas))
+        copies = {m.sha: m for m in marked if m.duplicate_of is not None}
+        for message in (copies.get(sha) or storage.read(sha) for sha in shas):
             if args.json:
                 print(json.dumps(message_json(message)))
             else:

@@ -101,7 +101,7 @@ class Credentials:
             )
         return token
 
-    def env(self, url: str = "") -> dict[str, str]:
+    def env(self, url: str) -> dict[str, str]:
         env: dict[str, str] = {}
         token = self.current_token()
         if token:
@@ -143,6 +143,18 @@ def _site(url: str) -> str:
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return ""
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/."
+
+
+def host_of(url: str) -> str | None:
+    """The host a git url names, lower-cased (``scheme://[user@]host[:port]/...`` or
+    scp-like ``[user@]host:path``); None for a local path."""
+    if "://" in url:
+        try:
+            return (urlsplit(url).hostname or "").lower() or None
+        except ValueError:
+            return None
+    target = _ssh_target(url)
+    return target[0].rpartition("@")[2].lower() if target else None
 
 
 def _ssh_target(url: str) -> tuple[str, str | None] | None:
