@@ -114,6 +114,14 @@ class GithubConfig:
 
 
 @dataclass(frozen=True)
+class ObservabilityConfig:
+    """Where the node serves /metrics, /healthz and /readyz (``observability.listen``)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     file: Path
     name: str
@@ -125,6 +133,7 @@ class NodeConfig:
     queues: dict[str, QueueConfig] = field(default_factory=dict)
     consumers: dict[str, ConsumerConfig] = field(default_factory=dict)
     github: GithubConfig | None = None
+    observability: ObservabilityConfig | None = None
 
     def synced_queues(self, remote: str) -> list[str]:
         """Queues that sync with ``remote``: configured ones and their dead-letter queues."""
@@ -211,6 +220,7 @@ def _node(top: Section, base: Path) -> NodeConfig:
     consumers = {n: _consumer(n, s, queues) for n, s in top.children("consumers")}
     sync = _sync(top.section("sync"))
     github = _github(top.section("github"), base)
+    observability = _observability(top.section("observability"))
     for remote_name, remote in remotes.items():
         if remote.github_app and (github is None or github.app is None):
             raise ConfigError(
@@ -220,8 +230,30 @@ def _node(top: Section, base: Path) -> NodeConfig:
     top.done()
     _check_collisions(top, queues, consumers)
     return NodeConfig(
-        top.file, name, identity, storage_path, fsync, sync, remotes, queues, consumers, github
+        top.file,
+        name,
+        identity,
+        storage_path,
+        fsync,
+        sync,
+        remotes,
+        queues,
+        consumers,
+        github,
+        observability,
     )
+
+
+def _observability(sec: Section | None) -> ObservabilityConfig | None:
+    if sec is None:
+        return None
+    listen = sec.text("listen", required=True)
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9464
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        sec.fail("listen", "HOST:PORT like 127.0.0.1:9464", listen)
+    sec.done()
+    return ObservabilityConfig(host, int(port))
 
 
 def _identity(sec: Section | None, node_name: str) -> Identity:
