@@ -207,7 +207,7 @@ BAD = {
     "unknown top-level key": (
         BASE + "queue:\n  orders: {}\n",
         "node.yml: (top level): unknown key 'queue' "
-        "(expected one of: consumers, github, node, queues, remotes, storage, sync)",
+        "(expected one of: consumers, github, node, observability, queues, remotes, storage, sync)",
     ),
     "missing node": (
         BASE.replace("node:\n  name: n1\n", ""),
