@@ -21,7 +21,7 @@ from gitmq.consumer import Consumer
 from gitmq.errors import ConfigError, RemoteError
 from gitmq.handlers import command_handler, python_handler
 from gitmq.message import Message
-from gitmq.presence import Presence
+from gitmq.observe import Observer
 from gitmq.prune import PruneReport, prune_queue
 from gitmq.registry import Registry
 from gitmq.schedule import scheduler_for
@@ -163,9 +163,9 @@ class Node:
         self.targets = sync_targets(config, os.environ if environ is None else environ)
         self.storage = Storage(config.storage_path, fsync=config.fsync)
         record_upstreams(self.storage, config, self.targets.values())
-        self.consumers = consumers_for(config, self.storage)
+        self.observer = Observer(config, self.storage, self.targets, environ)
+        self.consumers = self.observer.record(consumers_for(config, self.storage))
         self._sync_lock = threading.Lock()
-        self.presence: Presence | None = None  # the node file, while run() runs
         say_budgets(self.targets)
 
     def close(self) -> None:
@@ -177,7 +177,7 @@ class Node:
         """One sync cycle with every remote (``leaving``: the last, at stop)."""
         return [self.sync_remote(name, leaving) for name in self.targets]
 
-    def listen_remote(self, name: str) -> SyncReport | None:
+    def poll_remote(self, name: str) -> SyncReport | None:
         """A fetch-only cycle between full syncs (``sync.poll``); skipped while a
         sync runs."""
         if not self._sync_lock.acquire(blocking=False):
@@ -186,8 +186,7 @@ class Node:
             report = sync_once(self.storage, self.targets[name], listen_only=True)
         finally:
             self._sync_lock.release()
-        if report.fetched or not report.ok:
-            log.info("listen %s", report.line(), extra={"sync": vars(report)})
+        self.observer.saw(report, poll=True)  # logged as "poll ..." when it fetched or failed
         return report
 
     def sync_remote(self, name: str, leaving: bool = False) -> SyncReport:
@@ -196,9 +195,7 @@ class Node:
             self._sync_lock, lambda: sync_once(self.storage, target, leaving=leaving)
         )
         self.storage.release_deleted_packs()
-        Presence.show(self.presence, name, self.targets[name].pace.line())
-        level = logging.INFO if report.ok else logging.WARNING
-        log.log(level, "%s", report.line(), extra={"sync": vars(report)})
+        self.observer.saw(report)  # the log (a failing remote: once, then summaries), metrics
         return report
 
     def prune(self, queue: str, now: datetime | None = None) -> PruneReport:
@@ -236,12 +233,12 @@ class Node:
     def run(self, stop: StopFlag) -> int:
         """Run until ``stop`` is set, then drain, push what is pending and return 0."""
         scheduler = scheduler_for(
-            self.config, self.targets, self.sync_remote, self.listen_remote, self.prune
+            self.config, self.targets, self.sync_remote, self.poll_remote, self.prune, self.observer
         )
+        self.observer.start(scheduler)  # /metrics (a port in use fails here), the node file
         for consumer, handler in self.consumers:
             consumer.consume(handler)
         scheduler.start()
-        self.presence = Presence(self.storage, self.config.name, self.targets)
         eager_ones = eager_remotes(self.config)
         waker = eager.Waker(self.storage, self.targets, eager_ones, self.sync_remote).start()
         log.info(
@@ -255,6 +252,7 @@ class Node:
         while not stop.wait(0.5):
             pass
         log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
+        self.observer.stopping()
         for consumer, _ in self.consumers:
             consumer.stop(HANDLER_GRACE_SECONDS)
         for target in self.targets.values():
@@ -262,6 +260,6 @@ class Node:
         waker.stop()
         scheduler.shutdown(wait=True)
         self.sync(leaving=True)
-        self.presence.withdraw()
+        self.observer.stop()
         log.info("node %s stopped", self.config.name)
         return 0

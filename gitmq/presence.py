@@ -4,7 +4,17 @@ A running node keeps ``gitmq-node.json`` in the storage's git directory: its
 name, process id and start time, and per remote the budget line of
 ``budget.py`` (nodes seen, this node's pace), rewritten when that changes. It
 goes when the node stops. ``gitmq status`` shows it; ``gitmq sync --wake``
-needs it to find the node.
+needs it to find the node. Also (``observe.py`` keeps them)::
+
+    "syncs": {REMOTE: {"at": EPOCH, "ok": BOOL, "line": REPORT_LINE,
+                       "error": STR_OR_NULL, "down_since": EPOCH_OR_NULL}},
+    "consumers": {NAME: {"queue": QUEUE, "running": BOOL, "last_error": STR_OR_NULL,
+                         "delivered": INT, "dead_lettered": INT}},
+    "observability": "HOST:PORT" or null
+
+``at`` is when the last sync cycle with the remote finished; ``down_since`` when
+the failing cycles began (null while it works). The file is rewritten at once
+when anything but a time or a report line changed, else at most once a second.
 """
 
 from __future__ import annotations
@@ -25,12 +35,21 @@ if TYPE_CHECKING:  # status reads the file without the sync machinery
     from gitmq.sync import SyncTarget
 
 NODE_FILE = "gitmq-node.json"
+#: Seconds between writes that change nothing but times and report lines.
+QUIET_WRITES = 1.0
+_VOLATILE = ("at", "line")
 
 
 class Presence:
     """The node file of a running node."""
 
-    def __init__(self, storage: Storage, node: str, targets: Mapping[str, SyncTarget]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        node: str,
+        targets: Mapping[str, SyncTarget],
+        observability: str | None = None,
+    ) -> None:
         self.path = storage.git_dir / NODE_FILE
         self._lock = threading.Lock()
         self.info: dict[str, Any] = {
@@ -38,8 +57,13 @@ class Presence:
             "pid": os.getpid(),
             "started": time.time(),
             "remotes": {name: target.pace.line() for name, target in targets.items()},
+            "syncs": {},
+            "consumers": {},
+            "observability": observability,
         }
-        self._write()
+        self._text = ""
+        self._written: tuple[str, float] = ("", 0.0)  # what mattered, and when
+        self.flush()
 
     @staticmethod
     def show(presence: Presence | None, name: str, line: str) -> None:
@@ -49,19 +73,52 @@ class Presence:
 
     def remote(self, name: str, line: str) -> None:
         """Record ``line`` for remote ``name`` (written only when it changed)."""
-        if self.info["remotes"].get(name) != line:
+        with self._lock:
             self.info["remotes"][name] = line
-            self._write()
+        self.flush()
 
-    def _write(self) -> None:
-        with self._lock:  # the scheduler's and the waker's syncs both report here
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.info) + "\n")
-            os.replace(tmp, self.path)
+    def sync(self, remote: str, state: Mapping[str, Any]) -> None:
+        """Record the last sync cycle with ``remote`` (the keys of ``"syncs"``)."""
+        with self._lock:
+            self.info["syncs"][remote] = dict(state)
+        self.flush()
+
+    def consumers(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record every consumer's state (the keys of ``"consumers"``)."""
+        with self._lock:
+            self.info["consumers"] = {name: dict(state) for name, state in states.items()}
+        self.flush()
+
+    def flush(self, now: float | None = None) -> bool:
+        """Write the file if something that matters changed, or only times and report
+        lines did and the last write is ``QUIET_WRITES`` old; True when it wrote."""
+        now = time.monotonic() if now is None else now
+        with self._lock:  # the scheduler's, the waker's and the consumers' reports
+            text, mattering = json.dumps(self.info), _mattering(self.info)
+            if mattering == self._written[0] and (
+                text == self._text or now - self._written[1] < QUIET_WRITES
+            ):
+                return False
+            self._write(text, mattering, now)
+            return True
+
+    def _write(self, text: str, mattering: str, now: float) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, self.path)
+        self._text, self._written = text, (mattering, now)
 
     def withdraw(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _mattering(info: Mapping[str, Any]) -> str:
+    """``info`` without what changes every cycle anyway (times, report lines)."""
+    syncs = {
+        r: {k: v for k, v in s.items() if k not in _VOLATILE} for r, s in info["syncs"].items()
+    }
+    return json.dumps({**info, "syncs": syncs}, sort_keys=True)
 
 
 def read(storage: Storage) -> dict[str, Any] | None:

@@ -4,10 +4,12 @@ A sync per remote every ``sync.interval`` (plus up to ``sync.jitter``), the
 first one at once; after a cycle that lost a race and then pushed, the next
 ones keep the phase of the attempt that won (nodes started together find
 turns instead of colliding every interval: reservation, as in R-ALOHA); a
-fetch-only listen per remote every ``sync.poll`` when set; a prune per queue
-with a policy, by interval or cron. Every job runs one at a time and missed
-runs are coalesced. The scheduler only schedules: each job body is a plain
-method of the node that runs once when called.
+fetch-only cycle per remote every ``sync.poll`` when set; a prune per queue
+with a policy, by interval or cron; the node's tick (``observe.py``: the
+watchdog's keep-alive and the node file's refresh) every ``tick_seconds``.
+Every job runs one at a time and missed runs are coalesced. The scheduler only
+schedules: each job body is a plain method of the node that runs once when
+called.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -26,6 +28,14 @@ from gitmq.config import NodeConfig
 from gitmq.sync import SyncReport
 
 Job = Callable[[str], Any]
+
+
+class Ticking(Protocol):
+    """What the tick job calls: ``tick()`` every ``tick_seconds`` (``observe.Observer``)."""
+
+    tick_seconds: float
+
+    def tick(self) -> None: ...
 
 
 class PhaseKeeping(IntervalTrigger):  # type: ignore[misc]
@@ -54,8 +64,9 @@ def scheduler_for(
     config: NodeConfig,
     remotes: Iterable[str],
     sync: Callable[[str], SyncReport],
-    listen: Job,
+    poll: Job,
     prune: Job,
+    ticking: Ticking | None = None,
 ) -> BackgroundScheduler:
     """A scheduler (not started) with every job of the node described by ``config``."""
     scheduler = BackgroundScheduler(timezone=UTC)
@@ -83,7 +94,7 @@ def scheduler_for(
     for name, phase in triggers.items():
         add(sync_keeping_phase, phase, name, f"sync-{name}", next_run_time=datetime.now(UTC))
         if config.sync.poll:
-            add(listen, IntervalTrigger(seconds=config.sync.poll), name, f"listen-{name}")
+            add(poll, IntervalTrigger(seconds=config.sync.poll), name, f"poll-{name}")
     for queue in config.queues.values():
         policy = queue.prune
         if policy is None:
@@ -94,6 +105,8 @@ def scheduler_for(
             else IntervalTrigger(seconds=policy.every or 3600)
         )
         add(prune, trigger, queue.name, f"prune-{queue.name}")
+    if ticking is not None:  # its own thread (below): a long sync never holds it up
+        add(lambda _: ticking.tick(), IntervalTrigger(seconds=ticking.tick_seconds), "", "tick")
     # One thread per job is enough (each runs one at a time); the default pool of ten
     # spreads the jobs over ten threads, each warming its own malloc arena (RSS).
     scheduler.add_executor(ThreadPoolExecutor(max(1, len(scheduler.get_jobs()))))

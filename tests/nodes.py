@@ -457,3 +457,59 @@ def delivering_pair(cluster: Cluster, first: str) -> list[TestNode]:
     for node in nodes:
         wait_for(lambda node=node: node.payloads(f"c-{node.name}") == [first], timeout=60)
     return nodes
+
+
+# ------------------------------------------------------------------ observability
+
+
+def exit_or_record(message: Message) -> None:
+    """A Python handler (``nodes:exit_or_record``): the payload ``exit`` raises SystemExit,
+    which ends the consumer's thread; any other payload is recorded as :func:`record` does."""
+    if message.payload.strip() == b"exit":
+        raise SystemExit("the handler exits")
+    record(message)
+
+
+def observed(node: TestNode, port: int) -> str:
+    """Turn on ``observability.listen`` on 127.0.0.1:``port`` in ``node``'s config; the base URL."""
+    data = yaml.safe_load(node.config.read_text())
+    data["observability"] = {"listen": f"127.0.0.1:{port}"}
+    write_config(node.config, data)
+    return f"http://127.0.0.1:{port}"
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """The status and body of a GET of ``url`` (an error status is returned, not raised);
+    (0, why) while nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError) as exc:
+        return 0, str(exc)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(base: str) -> Samples:
+    """``/metrics`` of the node at ``base``, parsed by prometheus-client's own parser:
+    {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_get(base + "/metrics")
+    assert status == 200, (status, text)
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))

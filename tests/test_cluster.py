@@ -120,8 +120,8 @@ def test_the_remote_down_for_several_cycles_loses_and_duplicates_nothing(
     cluster: Cluster, central: Path, git_daemon: GitDaemon
 ) -> None:
     nodes = [cluster.node(n, [f"{n}-ship"], interval="100ms", jitter="0s") for n in "ab"]
-    for node in nodes:
-        node.start("--log-format", "json")
+    for node in nodes:  # debug: a remote that stays down logs its failed cycles only there
+        node.start("--log-format", "json", "--log-level", "debug")
     for node in nodes:
         wait_started(node)
     sent = 0

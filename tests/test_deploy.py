@@ -237,6 +237,9 @@ def test_systemd_accepts_the_unit(install: Install) -> None:
     exec_start = f"{root}/opt/gitmq/venv/bin/gitmq node --config {root}/etc/gitmq/node.yml"
     for line in (
         f"ExecStart={exec_start}",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=60",
         "User=root",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
@@ -249,6 +252,25 @@ def test_systemd_accepts_the_unit(install: Install) -> None:
     # verify exits 0 on unknown keys and bad values, but prints them: demand silence.
     verified = run(["systemd-analyze", "verify", unit])
     assert (verified.returncode, verified.stdout, verified.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("shell", "path"),
+    [
+        ("bash", "etc/bash_completion.d/gitmq"),
+        ("zsh", "usr/share/zsh/vendor-completions/_gitmq"),
+        ("fish", "usr/share/fish/vendor_completions.d/gitmq.fish"),
+    ],
+)
+def test_shell_completion_is_what_the_installed_gitmq_prints(
+    install: Install, shell: str, path: str
+) -> None:
+    gitmq = install.root / "opt/gitmq/venv/bin/gitmq"
+    printed = run([gitmq, "completion", shell])
+    assert printed.returncode == 0 and printed.stdout.strip(), printed.stderr
+    installed = install.root / path
+    assert installed.read_text() == printed.stdout.rstrip("\n") + "\n"
+    assert installed.stat().st_mode & 0o777 == 0o644
 
 
 def test_second_run_changes_nothing(install: Install) -> None:
