@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gitmq import names
-from gitmq.errors import GitMQError
-from gitmq.segments import QueueSource
+from gitmq.errors import ConsumerConflictError, GitMQError
+from gitmq.segments import QueueSource, segments
 from gitmq.storage import Storage
 
 
@@ -45,28 +45,47 @@ def source(storage: Storage, queue: str) -> QueueSource:
 
 
 def queue_figures(storage: Storage, queue: str, now: float) -> QueueFigures:
-    tip = storage.read_ref(names.queue_ref(queue))
+    """The queue's figures across its segments (a queue that never rotated has one)."""
     remote = storage.upstream(queue)
-    confirmed_tip = storage.read_ref(names.tracking_ref(remote, queue)) if remote else None
+    local = dict(segments(storage, queue))
+    tracked = dict(segments(storage, queue, f"refs/remotes/{remote}/")) if remote else {}
+    newest = local[max(local)] if local else None
+    newest_confirmed = tracked[max(tracked)] if tracked else None
     return QueueFigures(
         queue=queue,
         remote=remote,
-        messages=storage.count(None, tip),
-        confirmed=storage.count(None, confirmed_tip) if remote else None,
-        unpushed=storage.count(confirmed_tip, tip) if remote else 0,
-        newest_age=_age(storage, tip, now),
-        confirmed_age=_age(storage, confirmed_tip, now),
+        messages=sum(storage.count(None, tip) for tip in local.values()),
+        confirmed=sum(storage.count(None, tip) for tip in tracked.values()) if remote else None,
+        unpushed=sum(storage.count(tracked.get(n), tip) for n, tip in local.items())
+        if remote
+        else 0,
+        newest_age=_age(storage, newest, now),
+        confirmed_age=_age(storage, newest_confirmed, now),
     )
 
 
 def consumer_lag(storage: Storage, consumer: str, queue: str, now: float) -> Lag:
     position = storage.read_ref(names.consumer_ref(consumer))
+    read = source(storage, queue)
     try:
-        pending = source(storage, queue).pending(position)
+        if position is not None and not _on_queue(storage, position, read):
+            raise ConsumerConflictError(
+                f"consumer {consumer!r} is at {position[:12]}, which is not on queue "
+                f"{queue!r}; move it with 'gitmq consumer reset'"
+            )
+        pending = read.pending(position)
     except GitMQError as exc:  # a tag not on the queue (ConsumerConflictError), a bad ref
         return Lag(consumer, queue, position, 0, 0.0, str(exc))
     oldest = _age(storage, pending[0], now) if pending else None
     return Lag(consumer, queue, position, len(pending), oldest or 0.0)
+
+
+def _on_queue(storage: Storage, position: str, read: QueueSource) -> bool:
+    """Whether ``position`` is on one of the queue's segments (an empty queue holds
+    none; a tag on another queue or no commit at all is a conflict)."""
+    if not storage.is_commit(position):
+        return False
+    return any(storage.is_ancestor(position, tip) for _, tip in read.state())
 
 
 def _age(storage: Storage, sha: str | None, now: float) -> float | None:

@@ -245,7 +245,7 @@ def _network(
     )
 
 
-def _failure(url: str, what: str, stderr: str) -> RemoteError:
+def failure(url: str, what: str, stderr: str) -> RemoteError:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), None)
     detail = detail or (lines[-1] if lines else "no output")
@@ -268,7 +268,7 @@ def ls_remote(git_dir: Path, url: str, creds: Credentials) -> dict[str, str]:
         git_dir, ["ls-remote", "--refs", "--end-of-options", url], url, creds
     )
     if status != 0:
-        raise _failure(url, "listing refs", err)
+        raise failure(url, "listing refs", err)
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, ref = line.partition("\t")
@@ -299,7 +299,7 @@ def fetch(
     args += ["--end-of-options", url, *refspecs]
     status, _, err = _network(git_dir, args, url, creds)
     if status != 0:
-        raise _failure(url, "fetch", err)
+        raise failure(url, "fetch", err)
 
 
 def _clear_stale_locks(git_dir: Path, refspecs: Sequence[str]) -> None:
@@ -343,7 +343,7 @@ def push_atomic(git_dir: Path, url: str, updates: Sequence[RefUpdate], creds: Cr
     text = (out + "\n" + err).lower()
     if any(sign in text for sign in _REJECT_SIGNS):
         raise PushRejected(_rejection(out + "\n" + err))
-    raise _failure(url, "push", err)
+    raise failure(url, "push", err)
 
 
 def _statuses(porcelain: str) -> list[tuple[str, str, str]]:
