@@ -142,9 +142,8 @@ class Consumer:
         return _in_order(self, position, self.source.pending(position))
 
     def ack(self, message: Message) -> None:
-        """Record ``message``, the next pending one, as finished. Refused for a later
-        message: that would finish the ones before it unseen (``ack_through`` does
-        so on purpose)."""
+        """Record ``message``, the next pending one, as finished (a later one is refused:
+        it would finish those before it unseen, as ``ack_through`` does on purpose)."""
         _message(message)
         position = self.position
         if message.sha != position and message.parent != position:  # else it is the next
@@ -158,7 +157,7 @@ class Consumer:
             current = self.position
             if current == message.sha:
                 return
-            if not self._follows(current, message):
+            if current is not None and not self.source.follows(current, message):
                 raise ConsumerConflictError(
                     f"cannot move consumer {self.name!r} to {message.sha[:12]}: its tag "
                     f"({(current or 'none')[:12]}) is not before that message (another "
@@ -166,9 +165,6 @@ class Consumer:
                 )
             if self.storage.compare_and_swap(self.tag_ref, message.sha, current):
                 return
-
-    def _follows(self, current: str | None, message: Message) -> bool:
-        return current is None or self.source.follows(current, message)
 
     def seek(self, target: str) -> str | None:
         """Move the offset: ``beginning``, ``end``, a message id or commit id,
@@ -190,6 +186,12 @@ class Consumer:
 
     # ------------------------------------------------------------ push style
 
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # leaving the block ends a consume() thread's delivery
+
     def consume(self, handler: Handler) -> Consumer:
         """Deliver every pending and future message to ``handler`` on a thread."""
         if not callable(handler):
@@ -204,8 +206,7 @@ class Consumer:
         return self
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop after the current handler call returns; wait for the thread
-        (unless called by the handler itself, on that thread)."""
+        """Stop after the current handler call; wait for the thread unless on it."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -277,10 +278,9 @@ class Consumer:
         return done
 
     def _move_tag(self, expected: str | None, message: Message) -> bool:
-        """Move the tag from ``expected`` to ``message``: the messages in between are
-        exactly the ones just delivered, so no ancestry check is needed. False when
-        someone else moved the tag meanwhile (sync resumed it, or a seek): the pass
-        stops and the next one starts from wherever the tag is now."""
+        """Move the tag from ``expected`` to ``message`` (no ancestry check: the messages
+        between are the ones just delivered). False when sync or a seek moved it meanwhile:
+        the next pass starts from wherever it is now."""
         if self.storage.compare_and_swap(self.tag_ref, message.sha, expected):
             return True
         log.info("consumer %s: the tag moved during delivery; starting over from it", self.name)

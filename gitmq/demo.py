@@ -1,7 +1,9 @@
 """``gitmq demo``: three nodes exchange messages through a central git daemon.
 
 Everything is real: a bare repository served by ``git daemon`` on 127.0.0.1,
-three ``gitmq node`` processes from ``config/demo/``, messages published with
+three ``gitmq node`` processes from the configs shipped in the package
+(``gitmq/demo_config/``, a copy of the checkout's ``config/demo/``: the demo
+runs from any folder, installed from a wheel or not), messages published with
 ``gitmq publish`` into each node's storage, and each node's consumer printing
 what it receives. It ends with a clean SIGTERM shutdown and a check that every
 node saw every message in the same order.
@@ -10,6 +12,7 @@ node saw every message in the same order.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from gitmq.errors import ConfigError
@@ -43,19 +48,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--config-dir",
         default=None,
-        help="where node-a/b/c.yml live (default: config/demo of the source tree)",
+        help="where node-a/b/c.yml live (default: the copies shipped with gitmq)",
     )
     p.add_argument("--keep", action="store_true", help="keep the demo directory")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config_dir = Path(args.config_dir or Path(__file__).parent.parent / "config" / "demo")
+    with _config_dir(args.config_dir) as config_dir:
+        return _run(config_dir, keep=args.keep)
+
+
+@contextlib.contextmanager
+def _config_dir(given: str | None) -> Iterator[Path]:
+    """The folder of node-a/b/c.yml: ``--config-dir``, else the package's own copies,
+    found through the import system rather than a path relative to a checkout."""
+    if given is None:
+        with resources.as_file(resources.files("gitmq") / "demo_config") as packaged:
+            yield packaged
+        return
+    config_dir = Path(given)
     if not (config_dir / "node-a.yml").is_file():
         raise ConfigError(
             f"demo configs not found in {config_dir} (no node-a.yml); pass --config-dir "
             f"with the checkout's config/demo folder"
         )
+    yield config_dir
+
+
+def _run(config_dir: Path, *, keep: bool) -> int:
     work = Path(tempfile.mkdtemp(prefix="gitmq-demo-"))
     print(f"demo directory: {work}")
     daemon = nodes = None
@@ -79,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if daemon is not None:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait()
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 

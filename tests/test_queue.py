@@ -331,6 +331,18 @@ def test_stop_ends_the_thread_and_consume_can_restart(
     assert not consumer.running
 
 
+def test_a_consumer_in_a_with_block_stops_its_thread_on_leaving(storage: Storage) -> None:
+    Producer(storage, "orders").publish("one")
+    recorder = Recorder()
+    with Consumer(storage, "billing", "orders") as consumer:
+        consumer.consume(recorder)
+        assert recorder.wait_for(1) == [b"one"]
+        thread = next(t for t in threading.enumerate() if t.name == "gitmq-consumer-billing")
+    assert not thread.is_alive()
+    assert not consumer.running
+    assert consumer.position == rev_parse(storage.path, "refs/heads/orders")
+
+
 def test_stop_during_retry_backoff_is_prompt_and_does_not_ack(
     storage: Storage, consumers: list[Consumer]
 ) -> None:
