@@ -19,6 +19,7 @@ import yaml
 
 from gitmq import names
 from gitmq.budget import Budget, default_budget
+from gitmq.config_schema import NODE
 from gitmq.config_section import Section
 from gitmq.deadletter import dead_letter_queue
 from gitmq.errors import ConfigError, GitMQError, InvalidNameError
@@ -165,7 +166,7 @@ def load(path: str | Path) -> NodeConfig:
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{file}:{where}: not valid YAML: {problem}") from None
-    return _node(Section(file, "", data), file.parent.absolute())
+    return _node(Section(file, "", data, NODE), file.parent.absolute())
 
 
 def _byte(exc: UnicodeDecodeError) -> str:
@@ -198,9 +199,9 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _m
 
 
 def _node(top: Section, base: Path) -> NodeConfig:
-    node = top.section("node", required=True)
+    node = top.section("node")
     assert node is not None
-    name = node.text("name", required=True)
+    name = node.text("name")
     try:
         names.check_node(name)
     except InvalidNameError as exc:
@@ -208,12 +209,11 @@ def _node(top: Section, base: Path) -> NodeConfig:
     ident = node.section("identity")
     identity = _identity(ident, name)
     node.done()
-    storage = top.section("storage", required=True)
+    storage = top.section("storage")
     assert storage is not None
     storage_path = storage.path_value("path", base)
-    if storage_path is None:
-        raise storage.error("path", "is required")
-    fsync = storage.flag("fsync", False)
+    assert storage_path is not None
+    fsync = storage.flag("fsync")
     storage.done()
     remotes = {n: _remote(n, s, base) for n, s in top.children("remotes")}
     queues = {n: _queue(n, s, remotes) for n, s in top.children("queues")}
@@ -247,7 +247,7 @@ def _node(top: Section, base: Path) -> NodeConfig:
 def _observability(sec: Section | None) -> ObservabilityConfig | None:
     if sec is None:
         return None
-    listen = sec.text("listen", required=True)
+    listen = sec.text("listen")
     host, sep, port = listen.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:9464
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -272,16 +272,16 @@ def _remote(name: str, sec: Section, base: Path) -> RemoteConfig:
     _check_name(sec, name, "remote")
     remote = RemoteConfig(
         name=name,
-        url=sec.text("url", required=True),
+        url=sec.text("url"),
         token_env=sec.text("token_env"),
         token_file=sec.path_value("token_file", base),
-        token_user=sec.text("token_user", "x-access-token"),
+        token_user=sec.text("token_user"),
         ssh_key=sec.path_value("ssh_key", base),
         known_hosts=sec.path_value("known_hosts", base),
         ssh_config=sec.path_value("ssh_config", base),
-        timeout=sec.duration("timeout", 60.0),
-        ssh_reuse=sec.flag("ssh_reuse", True),
-        github_app=sec.flag("github_app", False),
+        timeout=sec.duration("timeout"),
+        ssh_reuse=sec.flag("ssh_reuse"),
+        github_app=sec.flag("github_app"),
     )
     remote = dataclasses.replace(remote, budget=_budget(sec, remote.url))
     secret = (
@@ -376,7 +376,7 @@ def _queue(name: str, sec: Section, remotes: dict[str, RemoteConfig]) -> QueueCo
     queue = QueueConfig(
         name=name,
         remote=remote,
-        max_payload=sec.size("max_payload", DEFAULT_MAX_PAYLOAD),
+        max_payload=sec.size("max_payload"),
         prune=_prune(sec.section("prune")),
         rotate=_rotate(sec.section("rotate")),
     )
@@ -387,7 +387,7 @@ def _queue(name: str, sec: Section, remotes: dict[str, RemoteConfig]) -> QueueCo
 def _prune(sec: Section | None) -> PrunePolicy | None:
     if sec is None:
         return None
-    schedule = sec.get("schedule", "1h")
+    schedule = sec.get("schedule")
     every, cron = None, None
     if isinstance(schedule, str) and len(schedule.split()) == 5:
         from apscheduler.triggers.cron import CronTrigger
@@ -406,8 +406,8 @@ def _prune(sec: Section | None) -> PrunePolicy | None:
             )
     policy = PrunePolicy(
         max_age=sec.duration("max_age"),
-        max_messages=sec.number("max_messages", minimum=1),
-        keep_unconsumed=sec.flag("keep_unconsumed", True),
+        max_messages=sec.number("max_messages"),
+        keep_unconsumed=sec.flag("keep_unconsumed"),
         every=every,
         cron=cron,
     )
@@ -421,9 +421,9 @@ def _rotate(sec: Section | None) -> RotationPolicy | None:
     if sec is None:
         return None
     policy = RotationPolicy(
-        max_messages=sec.number("max_messages", minimum=1),
+        max_messages=sec.number("max_messages"),
         max_age=sec.duration("max_age"),
-        keep_segments=sec.number("keep_segments", 1, minimum=0),
+        keep_segments=sec.number("keep_segments"),
     )
     sec.done()
     if policy.max_age is None and policy.max_messages is None:
@@ -433,14 +433,14 @@ def _rotate(sec: Section | None) -> RotationPolicy | None:
 
 def _consumer(name: str, sec: Section, queues: dict[str, QueueConfig]) -> ConsumerConfig:
     _check_name(sec, name, "consumer")
-    queue = sec.text("queue", required=True)
+    queue = sec.text("queue")
     if queue not in queues:
         raise sec.error(
             "queue",
             f"names queue {queue!r}, which is not under 'queues' "
             f"(known: {', '.join(sorted(queues)) or 'none'})",
         )
-    handler = sec.section("handler", required=True)
+    handler = sec.section("handler")
     assert handler is not None
     dead_letter = sec.text("dead_letter", dead_letter_queue(queue))
     try:
@@ -522,12 +522,9 @@ def _handler(sec: Section) -> HandlerConfig:
 def _retry(sec: Section | None) -> RetryPolicy:
     if sec is None:
         return RetryPolicy()
-    try:
-        policy = RetryPolicy(
-            max_attempts=sec.number("max_attempts", 5, minimum=1),
-            initial_delay=sec.duration("initial_delay", 0.1),
-            max_delay=sec.duration("max_delay", 30.0),
-        )
+    values = (sec.number("max_attempts"), sec.duration("initial_delay"), sec.duration("max_delay"))
+    try:  # read first: a ConfigError of a value must not be wrapped in another
+        policy = RetryPolicy(*values)
     except GitMQError as exc:
         raise sec.error(None, exc.message) from None
     sec.done()
@@ -538,14 +535,12 @@ def _sync(sec: Section | None) -> SyncConfig:
     if sec is None:
         return SyncConfig()
     config = SyncConfig(
-        interval=sec.duration("interval", 5.0),
-        jitter=sec.duration("jitter", 0.0),
-        max_push_attempts=sec.number("max_push_attempts", 5, minimum=1),
+        interval=sec.duration("interval"),
+        jitter=sec.duration("jitter"),
+        max_push_attempts=sec.number("max_push_attempts"),
         poll=sec.duration("poll"),
-        eager=sec.get("eager"),
+        eager=sec.flag("eager"),
     )
-    if config.eager is not None and not isinstance(config.eager, bool):
-        sec.fail("eager", "true or false", config.eager)
     sec.done()
     if config.interval <= 0:
         raise sec.error("interval", "must be more than 0s")
@@ -557,16 +552,14 @@ def _sync(sec: Section | None) -> SyncConfig:
 def _github(sec: Section | None, base: Path) -> GithubConfig | None:
     if sec is None:
         return None
-    repository = sec.text("repository", required=True)
+    repository = sec.text("repository")
     if repository.count("/") != 1 or repository.startswith("/") or repository.endswith("/"):
         sec.fail("repository", "'owner/name'", repository)
-    keys = []
-    for index, item in enumerate(sec.get("deploy_keys", []) or []):
-        keys.append(_deploy_key(Section(sec.file, sec.where(f"deploy_keys[{index}]"), item), base))
+    keys = [_deploy_key(item, base) for item in sec.items("deploy_keys")]
     config = GithubConfig(
         repository=repository,
-        private=sec.flag("private", True),
-        base_url=sec.text("base_url", "https://api.github.com"),
+        private=sec.flag("private"),
+        base_url=sec.text("base_url"),
         deploy_keys=tuple(keys),
         app=_github_app(sec.section("app"), base),
     )
@@ -578,20 +571,16 @@ def _github_app(sec: Section | None, base: Path) -> GithubAppConfig | None:
     """``github.app: {app_id, private_key_file, installation_id}``."""
     if sec is None:
         return None
-    app_id = sec.number("app_id", minimum=1)
-    installation_id = sec.number("installation_id", minimum=1)
+    app_id = sec.number("app_id")
+    installation_id = sec.number("installation_id")
     key_file = sec.path_value("private_key_file", base)
+    assert key_file is not None
     sec.done()
-    for key, value in (("app_id", app_id), ("installation_id", installation_id)):
-        if value is None:
-            raise sec.error(key, "is required")
-    if key_file is None:
-        raise sec.error("private_key_file", "is required")
     return GithubAppConfig(app_id, key_file, installation_id)
 
 
 def _deploy_key(sec: Section, base: Path) -> DeployKeyConfig:
-    title = sec.text("title", required=True)
+    title = sec.text("title")
     key = sec.text("key")
     key_file = sec.path_value("key_file", base)
     sec.done()
