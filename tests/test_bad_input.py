@@ -15,6 +15,7 @@ have their own tests below.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,24 @@ def a_file(tmp: Path) -> None:
     (tmp / "file").write_text("not a storage\n")
     (tmp / "full").mkdir()
     (tmp / "full" / "x").write_text("something\n")
+
+
+@setup
+def dead_letters(tmp: Path) -> None:
+    """Consumer c fails the second message of orders into orders.dlq."""
+    ok(
+        gitmq(
+            "consume",
+            "--drain",
+            "--max-attempts",
+            "1",
+            "--exec",
+            "false",
+            tmp / "s.git",
+            "orders",
+            "c",
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -250,13 +269,13 @@ CASES: dict[str, Bad] = {
         ("pubish", S, "orders", "x"),
         2,
         "argument COMMAND: invalid choice: 'pubish' (choose from 'publish', 'consume', 'log', "
-        "'status', 'seek', 'consumer', 'node', 'sync', 'config', 'prune', 'repair', 'github', "
-        "'demo') (see 'gitmq --help')",
+        "'seek', 'status', 'doctor', 'consumer', 'dlq', 'node', 'sync', 'config', 'prune', "
+        "'repair', 'github', 'demo', 'completion') (see 'gitmq --help')",
     ),
     "a missing argument": Bad(
         ("publish",),
         2,
-        "the following arguments are required: path, queue (see 'gitmq publish --help')",
+        "the following arguments are required: QUEUE (see 'gitmq publish --help')",
     ),
     "an unknown option": Bad(
         ("seek", S, "orders", "c", "end", "--force"),
@@ -308,7 +327,8 @@ CASES: dict[str, Bad] = {
     "an empty storage path": Bad(
         ("publish", "", "orders", "x"),
         2,
-        "a storage path must be a non-empty str or Path, not ''",
+        "the storage path is empty (''); give the storage's path, --config FILE, or set "
+        "GITMQ_STORAGE",
     ),
     "a storage path inside a storage": Bad(
         ("status", "{s}/refs"),
@@ -537,6 +557,107 @@ CASES: dict[str, Bad] = {
 }
 
 
+NO_TTY = "pass --yes to confirm (stdin is not a terminal to ask on)"
+CASES |= {  # steering: which storage, consumers, dead letters, completion
+    "a storage path and a --config": Bad(
+        ("log", S, "orders", "--config", "{t}/node.yml"),
+        2,
+        "both a storage path ({s}) and --config {t}/node.yml are given; give one",
+    ),
+    "a --config that does not exist": Bad(
+        ("log", "--config", "{t}/none.yml", "orders"), 5, "config file {t}/none.yml does not exist"
+    ),
+    "publish --lines with a payload": Bad(
+        ("publish", "--lines", S, "orders", "x"),
+        2,
+        "--lines reads the messages from stdin, but a payload ('x') is given too; leave it out "
+        "(or give '-')",
+    ),
+    "consume --count 0": Bad(
+        ("consume", "--count", "0", S, "orders", "c"),
+        2,
+        "argument --count: must be 1 or more, found 0 (see 'gitmq consume --help')",
+    ),
+    "consume with a timeout that is no duration": Bad(
+        ("consume", "--timeout", "soon", S, "orders", "c"),
+        2,
+        "argument --timeout: expected a duration like 100ms, 10s, 5m, 2h, 7d or 1w, found "
+        "'soon' (see 'gitmq consume --help')",
+    ),
+    "consume with a zero timeout": Bad(
+        ("consume", "--timeout", "0s", S, "orders", "c"),
+        2,
+        "argument --timeout: must be more than 0, found '0s' (see 'gitmq consume --help')",
+    ),
+    "consume --from for a consumer that has an offset": Bad(
+        ("consume", "--drain", "--from", "end", S, "orders", "c"),
+        2,
+        "consumer 'c' already has an offset (at {tag12}); --from only places a new consumer: "
+        "move this one with 'gitmq consumer reset orders c end' (nothing was consumed)",
+    ),
+    "consume --from a message that is not there": Bad(
+        ("consume", "--drain", "--from", "nope", S, "orders", "new"),
+        4,
+        "no message 'nope' on queue 'orders'; give a message id, a commit id, an ISO time, "
+        "'beginning' or 'end'",
+    ),
+    "consumer reset without a terminal or --yes": Bad(
+        ("consumer", "reset", S, "orders", "c", "end"),
+        2,
+        f"reset of consumer c not done: {NO_TTY}",
+    ),
+    "consumer reset on a queue that does not exist": Bad(
+        ("consumer", "reset", "--yes", S, "ordres", "c", "end"),
+        4,
+        "queue 'ordres' does not exist in {s}; check the name ('gitmq consumer list {s}' lists "
+        "the consumers); nothing was changed",
+    ),
+    "consumer list of an invalid queue": Bad(
+        ("consumer", "list", S, "a..b"), 2, "invalid queue name 'a..b': it contains '..' or '@{'"
+    ),
+    "dlq list of a queue that does not exist": Bad(
+        ("dlq", "list", S, "nosuch"),
+        4,
+        "queue 'nosuch' does not exist in {s} and has no dead-letter queue nosuch.dlq; check "
+        "the name",
+    ),
+    "dlq list with an invalid dead-letter queue": Bad(
+        ("dlq", "list", "--dead-letter", "x..y", S, "orders"),
+        2,
+        "invalid queue name 'x..y': it contains '..' or '@{'",
+    ),
+    "dlq show of an id that is not there": Bad(
+        ("dlq", "show", S, "orders", "nope"),
+        4,
+        "no dead letter 'nope' of queue 'orders' in orders.dlq ('gitmq dlq list' shows them)",
+        setup="dead_letters",
+    ),
+    "dlq replay without --id or --all": Bad(
+        ("dlq", "replay", S, "orders"),
+        2,
+        "one of the arguments --id --all is required (see 'gitmq dlq replay --help')",
+    ),
+    "dlq replay of an id that is not there": Bad(
+        ("dlq", "replay", "--id", "nope", S, "orders"),
+        4,
+        "no dead letter 'nope' of queue 'orders' in orders.dlq ('gitmq dlq list' shows them)",
+        setup="dead_letters",
+    ),
+    "dlq purge without a terminal or --yes": Bad(
+        ("dlq", "purge", "--all", S, "orders"),
+        2,
+        f"purge of 1 dead letter of orders not done: {NO_TTY}",
+        setup="dead_letters",
+    ),
+    "completion for a shell it does not know": Bad(
+        ("completion", "csh"),
+        2,
+        "argument SHELL: invalid choice: 'csh' (choose from 'bash', 'zsh', 'fish', 'tcsh') "
+        "(see 'gitmq completion --help')",
+    ),
+}
+
+
 BLOB_REF = (
     "ref refs/heads/orders points at {blob}, which is not a commit in {s}; restore it from the "
     "remote or point it at a commit with 'git update-ref'"
@@ -664,7 +785,7 @@ def test_a_read_only_storage_can_be_read_and_refuses_writes(tmp: Path) -> None:
         mount("-o", "remount,bind,ro", str(view))
         storage = view / "s.git"
         assert ok(gitmq("log", storage, "orders")).out.count("\n") == 2
-        assert "orders: 2 messages" in ok(gitmq("status", storage)).out
+        assert re.search(r"^  orders +2 ", ok(gitmq("status", storage)).out, re.MULTILINE)
         refusal = (
             f"error: read-only file system writing to {storage}; a storage on a read-only "
             f"file system can only be read (log, status) (nothing was half-written)"

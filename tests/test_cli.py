@@ -372,21 +372,30 @@ def test_status_counts_and_lag(path: Path) -> None:
         Consumer(storage, "billing", "orders").ack_through(sent[1])
         Consumer(storage, "shipping", "orders").ack_through(sent[4])
     text = ok(gitmq("status", path)).out
-    assert text.splitlines() == [
+    lines = text.splitlines()
+    assert lines[:5] == [
+        "node: none running (start one with 'gitmq node --config FILE')",
         "queues:",
-        "  audit/log: 1 message",
-        "  orders: 5 messages",
+        "  QUEUE      MESSAGES  CONFIRMED  UNPUSHED  NEWEST  DEAD",
+        f"  audit/log  1         -          -         {lines[3].split()[4]:<6}  0",
+        f"  orders     5         -          -         {lines[4].split()[4]:<6}  0",
+    ]
+    assert lines[5:] == [
         "consumers:",
-        f"  billing: at {sent[1].sha[:12]} (orders lag 3)",
-        f"  shipping: at {sent[4].sha[:12]} (orders lag 0)",
+        "  CONSUMER  QUEUE   POSITION      LAG  WAITING  RUNNING  DELIVERED  DEAD  LAST ERROR",
+        f"  billing   orders  {sent[1].sha[:12]}  3    {lines[7].split()[4]:<7}  -        -"
+        "          -     -",
+        f"  shipping  orders  {sent[4].sha[:12]}  0    0s       -        -          -     -",
     ]
     status = json.loads(ok(gitmq("status", "--json", path)).out)
     assert status["path"] == str(path)
-    assert status["queues"] == [
+    assert [{k: q[k] for k in ("name", "tip", "messages")} for q in status["queues"]] == [
         {"name": "audit/log", "tip": rev_parse(path, "refs/heads/audit/log"), "messages": 1},
         {"name": "orders", "tip": sent[4].sha, "messages": 5},
     ]
-    assert status["consumers"] == [
+    assert [
+        {k: c[k] for k in ("name", "position", "queue", "lag")} for c in status["consumers"]
+    ] == [
         {"name": "billing", "position": sent[1].sha, "queue": "orders", "lag": 3},
         {"name": "shipping", "position": sent[4].sha, "queue": "orders", "lag": 0},
     ]
@@ -507,7 +516,7 @@ def test_corrupted_ref_is_exit_3_and_changes_nothing(path: Path) -> None:
     assert snapshot(path) == before
 
 
-@pytest.mark.parametrize("command", ["", "publish", "consume", "log", "status", "seek"])
+@pytest.mark.parametrize("command", ["", "publish", "consume", "log", "status", "seek", "doctor"])
 def test_help_for_every_command(command: str) -> None:
     argv = [command, "--help"] if command else ["--help"]
     result = ok(gitmq(*argv))

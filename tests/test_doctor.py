@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nodes import write_config
 from servers import GitDaemon, SmartHttp, make_bare
 from util import EMPTY_TREE, Result, git, gitmq, ok

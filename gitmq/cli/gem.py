@@ -30,6 +30,8 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         strip=True,  # the gem publishes line.strip
         author=None,
         max_payload=1 << 20,
+        quiet=True,  # the gem draws no progress bar
+        config=None,
     )
     return guarded(lambda: queue_cmds.cmd_publish(ns))
 
@@ -51,6 +53,10 @@ def consume_main(argv: Sequence[str] | None = None) -> int:
         drain=False,
         max_attempts=5,
         dead_letter=None,
+        count=None,
+        timeout=None,
+        from_=None,
+        config=None,
         puts=True,  # the gem prints with puts: a newline only where one is missing
     )
     return guarded(lambda: queue_cmds.cmd_consume(ns))

@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gitmq import __version__, demo
-from gitmq.cli import consumer_cmd, github_cmd, node_cmd, prune_cmd, queue_cmds, repair_cmd
+from gitmq.cli import (
+    completion_cmd,
+    consumer_cmd,
+    dlq_cmd,
+    doctor_cmd,
+    github_cmd,
+    node_cmd,
+    prune_cmd,
+    queue_cmds,
+    repair_cmd,
+    status_cmd,
+)
 from gitmq.cli.errors import Parser, guarded
+
+#: The commands, in the order ``gitmq --help`` lists them: a queue, its consumers and
+#: dead letters, then a node and its remote, then the shell.
+REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    queue_cmds.register,  # publish, consume, log, seek
+    status_cmd.register,
+    doctor_cmd.register,
+    consumer_cmd.register,
+    dlq_cmd.register,
+    node_cmd.register,  # node, sync, config
+    prune_cmd.register,
+    repair_cmd.register,
+    github_cmd.register,
+    demo.register,
+    completion_cmd.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,13 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommand parsers are Parsers too (argparse makes them of the parent's class).
     sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)  # type: ignore[assignment]
-    queue_cmds.register(sub)
-    consumer_cmd.register(sub)
-    node_cmd.register(sub)
-    prune_cmd.register(sub)
-    repair_cmd.register(sub)
-    github_cmd.register(sub)
-    demo.register(sub)
+    for register in REGISTRATIONS:
+        register(sub)
     return parser
 
 
