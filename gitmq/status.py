@@ -39,7 +39,7 @@ def storage_status(
         "now": now,
         "node": node,  # the node file as the node wrote it, None when no node runs
         "queues": [_queue(storage, q, now, _dead_letter_queues(q, config)) for q in queue_names],
-        "consumers": _consumers(storage, now, config, running, queue_names),
+        "consumers": consumers(storage, now, _known(config, running), running),
         "remotes": _remotes(storage, now, config, node, queue_names),
     }
 
@@ -80,26 +80,31 @@ def _queue(storage: Storage, queue: str, now: float, dead: set[str]) -> dict[str
     return {"name": queue, "tip": tip, **got, "dead_letters": dead_letters}
 
 
-def _consumers(
-    storage: Storage,
-    now: float,
-    config: NodeConfig | None,
-    running: Mapping[str, Any],
-    queues: list[str],
+def consumers(
+    storage: Storage, now: float, known: Mapping[str, str], running: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
+    """Every consumer tag and every ``known`` consumer (name -> queue: the config's, the
+    node's) with its position and lag, and what the node file says of it (``running``)."""
     tags = {ref[len(TAGS) :]: sha for ref, sha in storage.list_refs(TAGS).items()}
-    known: dict[str, str] = {}  # consumer -> its queue, where config or node file say
-    for name, info in running.items():
-        if isinstance(info, Mapping) and isinstance(info.get("queue"), str):
-            known[name] = info["queue"]
-    if config is not None:
-        known |= {c.name: c.queue for c in config.consumers.values()}
+    queues = sorted(set(_queue_names(storage, None)) | set(known.values()))
     out = []
     for name in sorted(set(tags) | set(known)):
         queue = known.get(name) or _locate(storage, tags.get(name), queues)
         info = running.get(name)
         out.append(_consumer(storage, name, queue, tags.get(name), now, info))
     return out
+
+
+def _known(config: NodeConfig | None, running: Mapping[str, Any]) -> dict[str, str]:
+    """Consumer -> its queue, where the node file or the config say."""
+    known = {
+        name: info["queue"]
+        for name, info in running.items()
+        if isinstance(info, Mapping) and isinstance(info.get("queue"), str)
+    }
+    if config is not None:
+        known |= {c.name: c.queue for c in config.consumers.values()}
+    return known
 
 
 def _consumer(

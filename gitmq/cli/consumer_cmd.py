@@ -1,4 +1,4 @@
-"""``gitmq consumer list|delete|reset``: the consumers of a storage and their offsets.
+"""``gitmq consumer list|delete|reset`` and ``gitmq seek``: consumers and their offsets.
 
 A consumer's offset is the tag ``refs/tags/NAME``; a tag does not say which
 queue it belongs to, so ``list`` finds the queue whose history holds it (or
@@ -16,13 +16,11 @@ import sys
 import time
 from typing import Any
 
-from gitmq import figures, names
+from gitmq import names, presence, status
 from gitmq.cli import progress, where
 from gitmq.consumer import Consumer
 from gitmq.errors import NotFoundError
 from gitmq.storage import Storage
-
-TAGS = "refs/tags/"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +51,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     r.set_defaults(func=cmd_reset)
 
+    p = sub.add_parser("seek", help="move a consumer's offset")
+    where.add_storage(p)
+    p.add_argument("queue", metavar="QUEUE", help="queue (branch) name")
+    p.add_argument("consumer", metavar="CONSUMER", help="consumer name")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="beginning | end | MESSAGE-ID | COMMIT | ISO-TIME (next delivered is that message)",
+    )
+    p.set_defaults(func=cmd_seek)
+
 
 def _storage_queue_consumer(p: argparse.ArgumentParser) -> None:
     where.add_storage(p)
@@ -73,46 +82,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         configured = {c.name: c.queue for c in node_config.load(args.config).consumers.values()}
     with Storage(path, create=False) as storage:
-        rows = consumers(storage, configured, time.time())
+        node = presence.read(storage)
+        running = node.get("consumers") if node else None
+        rows = status.consumers(storage, time.time(), configured, running or {})
     rows = [r for r in rows if args.queue is None or r["queue"] == args.queue]
     for row in rows:
         print(json.dumps(row) if args.json else _line(row))
     if not rows and not args.json:
         print("no consumers" + (f" of {args.queue}" if args.queue else ""))
     return 0
-
-
-def consumers(storage: Storage, configured: dict[str, str], now: float) -> list[dict[str, Any]]:
-    """Every consumer tag and every ``configured`` consumer (name -> queue), by name."""
-    tags = {ref[len(TAGS) :]: sha for ref, sha in storage.list_refs(TAGS).items()}
-    queues = sorted(ref[len("refs/heads/") :] for ref in storage.list_refs("refs/heads/"))
-    rows = []
-    for name in sorted(set(tags) | set(configured)):
-        queue = configured.get(name) or _locate(storage, tags.get(name), queues)
-        row: dict[str, Any] = {"name": name, "queue": queue, "position": tags.get(name)}
-        if queue is None:
-            row |= {"lag": None, "lag_seconds": None, "problem": "not on any queue"}
-        else:
-            lag = figures.consumer_lag(storage, name, queue, now)
-            known = lag.problem is None
-            row |= {
-                "lag": lag.messages if known else None,
-                "lag_seconds": lag.seconds if known else None,
-                "problem": lag.problem,
-            }
-        rows.append(row)
-    return rows
-
-
-def _locate(storage: Storage, position: str | None, queues: list[str]) -> str | None:
-    """The queue whose history, as its consumers read it, holds ``position``."""
-    if position is None or not storage.is_commit(position):
-        return None
-    for queue in queues:
-        for _, tip in figures.source(storage, queue).state():
-            if storage.is_ancestor(position, tip):
-                return queue
-    return None
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -141,16 +119,31 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing(storage: Storage, args: argparse.Namespace) -> Consumer:
+    """The consumer ``args`` name, on a queue that exists (else NotFoundError)."""
+    consumer = Consumer(storage, args.consumer, args.queue)
+    if consumer.source.tip() is None and storage.read_ref(names.queue_ref(args.queue)) is None:
+        raise NotFoundError(
+            f"queue {args.queue!r} does not exist in {storage.path}; check the name "
+            f"('gitmq status {storage.path}' lists the queues); nothing was changed"
+        )
+    return consumer
+
+
+def cmd_seek(args: argparse.Namespace) -> int:
+    where.check_queue(args, args.queue)
+    with Storage(where.storage_path(args), create=False) as storage:
+        value = _existing(storage, args).seek(args.target)
+    shown = value[:12] if value else "the beginning"
+    print(f"consumer {args.consumer} now at {shown}")
+    return 0
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
     where.check_queue(args, args.queue)
     names.check_consumer(args.consumer)
     with Storage(where.storage_path(args), create=False) as storage:
-        consumer = Consumer(storage, args.consumer, args.queue)
-        if consumer.source.tip() is None and storage.read_ref(names.queue_ref(args.queue)) is None:
-            raise NotFoundError(
-                f"queue {args.queue!r} does not exist in {storage.path}; check the name "
-                f"('gitmq consumer list {storage.path}' lists the consumers); nothing was changed"
-            )
+        consumer = _existing(storage, args)
         old = consumer.position
         was = old[:12] if old else "the beginning"
         question = f"move consumer {args.consumer} of {args.queue} from {was} to {args.target}?"

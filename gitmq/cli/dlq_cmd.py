@@ -13,7 +13,7 @@ import sys
 
 from gitmq import names
 from gitmq.cli import progress, where
-from gitmq.cli.queue_cmds import message_json, plural
+from gitmq.cli.show import message_json, plural
 from gitmq.dlq import DeadLetter, DeadLetterQueue
 from gitmq.errors import NotFoundError
 from gitmq.storage import Storage

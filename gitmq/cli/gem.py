@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gitmq.cli import queue_cmds
+from gitmq.cli import consume_cmd, queue_cmds
 from gitmq.cli.errors import Parser, guarded
 
 
@@ -59,7 +59,7 @@ def consume_main(argv: Sequence[str] | None = None) -> int:
         config=None,
         puts=True,  # the gem prints with puts: a newline only where one is missing
     )
-    return guarded(lambda: queue_cmds.cmd_consume(ns))
+    return guarded(lambda: consume_cmd.cmd_consume(ns))
 
 
 if __name__ == "__main__":

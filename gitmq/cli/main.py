@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from gitmq import __version__, demo
 from gitmq.cli import (
     completion_cmd,
+    consume_cmd,
     consumer_cmd,
     dlq_cmd,
     doctor_cmd,
@@ -24,10 +25,11 @@ from gitmq.cli.errors import Parser, guarded
 #: The commands, in the order ``gitmq --help`` lists them: a queue, its consumers and
 #: dead letters, then a node and its remote, then the shell.
 REGISTRATIONS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
-    queue_cmds.register,  # publish, consume, log, seek
+    queue_cmds.register,  # publish, log
+    consume_cmd.register,
     status_cmd.register,
     doctor_cmd.register,
-    consumer_cmd.register,
+    consumer_cmd.register,  # consumer list|delete|reset, seek
     dlq_cmd.register,
     node_cmd.register,  # node, sync, config
     prune_cmd.register,
