@@ -393,6 +393,14 @@ def test_zsh_and_fish_completion_scripts_load(shell: str, tmp_path: Path) -> Non
     file.write_text(script)
     check = ["-n", str(file)] if shell == "zsh" else ["--no-execute", str(file)]
     ok(run([program, *check]))
+    if shell == "fish":  # fish completes from a plain command line: ask it
+        asked = ok(run([program, "-c", f"source {file}; complete -C 'gitmq dlq '"])).out
+        assert sorted(line.split("\t")[0] for line in asked.splitlines()) == [
+            "list",
+            "purge",
+            "replay",
+            "show",
+        ]
 
 
 def test_completion_of_an_unknown_shell_is_one_line() -> None:
