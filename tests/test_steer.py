@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from nodes import Cluster, delivering_pair, write_config
+from servers import GitDaemon
 from util import (
     GITMQ,
     fails,
@@ -351,6 +352,51 @@ def test_publish_lines_draws_a_progress_bar_on_a_terminal_unless_quiet(path: Pat
     # Not a terminal: no bar either, stderr stays empty.
     assert ok(gitmq("publish", "--lines", path, "orders", input=lines)).stderr == b""
     assert len(payloads(path)) == 900
+
+
+def test_consume_shows_its_backlog_while_catching_up_unless_quiet(
+    path: Path, tmp_path: Path
+) -> None:
+    publish(path, *[f"m{i}" for i in range(150)])
+    seen = tmp_path / "seen"
+    script = f"cat >> {seen}; echo >> {seen}"
+    consume = [*GITMQ, "consume", path, "orders", "billing", "--count", "150"]
+    status, out, shown = on_terminal([*consume, "--exec", f"sh -c '{script}'"], stdin_tty=False)
+    assert (status, out) == (0, b""), shown
+    assert b"catching up on orders" in shown and b"150/150" in shown
+    assert seen.read_text().split() == [f"m{i}" for i in range(150)]
+    # A backlog too small to be worth a bar, --quiet, or messages printed on the
+    # terminal itself: no bar.
+    publish(path, *[f"n{i}" for i in range(150)])
+    consume = [*GITMQ, "consume", path, "orders", "billing", "--count", "150", "--quiet"]
+    assert on_terminal([*consume, "--exec", "true"], stdin_tty=False) == (0, b"", b"")
+    publish(path, "last")
+    consume = [*GITMQ, "consume", path, "orders", "billing", "--count", "1", "--exec", "true"]
+    assert on_terminal(consume, stdin_tty=False) == (0, b"", b"")
+
+
+def test_prune_and_sync_say_what_runs_on_a_terminal_unless_quiet(
+    path: Path, tmp_path: Path, git_daemon: GitDaemon, central: Path
+) -> None:
+    config = write_config(
+        tmp_path / "node.yml",
+        {
+            "node": {"name": "n1"},
+            "storage": {"path": str(path)},
+            "remotes": {"origin": {"url": git_daemon.url("central.git")}},
+            "queues": {"orders": {"remote": "origin", "prune": {"max_messages": 10}}},
+        },
+    )
+    publish(path, *[f"m{i}" for i in range(50)])
+    status, out, shown = on_terminal([*GITMQ, "sync", "--config", config], stdin_tty=False)
+    assert status == 0 and out.startswith(b"sync origin: ok"), shown
+    assert b"sync n1: with origin" in shown
+    status, out, shown = on_terminal([*GITMQ, "prune", "--config", config], stdin_tty=False)
+    assert status == 0 and out.startswith(b"orders: dropped 40 of 50 messages"), (out, shown)
+    assert b"prune orders: " in shown
+    quiet = [*GITMQ, "sync", "--config", config, "--quiet"]
+    assert on_terminal(quiet, stdin_tty=False)[::2] == (0, b"")
+    assert len(Storage(central, create=False).recent_commits("refs/heads/orders", 0)) == 50
 
 
 # --------------------------------------------------------------- completion

@@ -8,9 +8,10 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from gitmq import names, offsets
-from gitmq.cli import show, where
+from gitmq import figures, names, offsets
+from gitmq.cli import progress, show, where
 from gitmq.cli.errors import count
 from gitmq.cli.signals import SignalStop
 from gitmq.consumer import Consumer
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="TARGET",
         help="where a new consumer starts: beginning | end | MESSAGE-ID | ISO-TIME",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the backlog")
     p.add_argument("--max-attempts", type=int, default=5)
     p.add_argument("--dead-letter", metavar="QUEUE", help="dead-letter queue (QUEUE.dlq)")
     p.set_defaults(func=cmd_consume)
@@ -90,11 +92,24 @@ def cmd_consume(args: argparse.Namespace) -> int:
             handler = _Printer(consumer, args.json, puts=getattr(args, "puts", False))
         if args.from_ is not None:
             _place(storage, consumer, args.from_)
-        watch = Watch(consumer, handler, args.count)
-        code = run_consumer(consumer, watch, args.drain, args.timeout)
+        with _catching_up(storage, consumer, args) as advance:
+            watch = Watch(consumer, handler, args.count, advance)
+            code = run_consumer(consumer, watch, args.drain, args.timeout)
     if isinstance(handler, _Printer) and handler.closed:
         raise BrokenPipeError  # the reader went away: the CLI edge ends quietly
     return code
+
+
+def _catching_up(
+    storage: Storage, consumer: Consumer, args: argparse.Namespace
+) -> AbstractContextManager[progress.Advance]:
+    """A bar over the backlog a consumer starts with, on stderr, while the messages
+    themselves go elsewhere (``--exec``, or stdout not the terminal)."""
+    if args.quiet or not progress.wanted(False) or (args.exec_cmd is None and sys.stdout.isatty()):
+        return progress.backlog("", 0)
+    pending = figures.consumer_lag(storage, consumer.name, consumer.branch, time.time()).messages
+    total = min(pending, args.count) if args.count else pending
+    return progress.backlog(f"catching up on {consumer.branch}", total)
 
 
 def _exec_argv(command: str) -> list[str]:
@@ -130,9 +145,13 @@ class Watch:
     that no further message starts; and it knows how long nothing arrived."""
 
     def __init__(
-        self, consumer: Consumer, handler: Callable[[Message], object], count: int | None
+        self,
+        consumer: Consumer,
+        handler: Callable[[Message], object],
+        count: int | None,
+        advance: progress.Advance = progress.nothing,
     ) -> None:
-        self.consumer, self.handler, self.count = consumer, handler, count
+        self.consumer, self.handler, self.count, self.advance = consumer, handler, count, advance
         self.done, self.busy, self.last = 0, False, time.monotonic()
         self._current: str | None = None
         self._tries = 0
@@ -155,6 +174,7 @@ class Watch:
 
     def _finished(self) -> None:
         self.done += 1
+        self.advance()
         if self.count is not None and self.done >= self.count:
             self.consumer.stop()
 

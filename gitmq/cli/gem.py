@@ -58,6 +58,7 @@ def consume_main(argv: Sequence[str] | None = None) -> int:
         from_=None,
         config=None,
         puts=True,  # the gem prints with puts: a newline only where one is missing
+        quiet=True,  # the gem draws no progress bar
     )
     return guarded(lambda: consume_cmd.cmd_consume(ns))
 

@@ -9,6 +9,7 @@ import os
 
 from gitmq import config as node_config
 from gitmq import logs
+from gitmq.cli import progress
 from gitmq.cli.signals import SignalStop
 from gitmq.errors import RemoteError
 
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="ask the node running on the storage to sync now (a webhook relay, cron)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress on a terminal")
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("config", help="work with node config files")
@@ -81,8 +83,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 0
     node_config.check_handlers(config)
     runner = Node(config)
-    try:
-        reports = runner.sync()
+    try:  # the first sync of a new node fetches the whole queue: say what runs
+        with progress.stages(f"sync {config.name}", quiet=args.quiet) as step:
+            reports = []
+            for name in runner.targets:
+                step(f"with {name}")
+                reports.append(runner.sync_remote(name))
     finally:
         runner.close()
     for report in reports:

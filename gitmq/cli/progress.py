@@ -10,11 +10,14 @@ given, since nobody could have answered.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from gitmq.errors import UsageError
+
+#: A smaller backlog is caught up before a bar would be worth drawing.
+BACKLOG_MIN = 100
 
 
 class Advance(Protocol):
@@ -31,9 +34,47 @@ def progress(what: str, total: int | None, *, quiet: bool = False) -> Iterator[A
     """A bar of ``total`` steps (a spinner and a count when the total is unknown);
     yields the function that advances it. Does nothing when not :func:`wanted`."""
     if not wanted(quiet):
-        yield _nothing
+        yield nothing
         return
-    from rich.console import Console  # rich only when a terminal will show it
+    with _drawn(total) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda steps=1: bar.advance(task, steps)
+
+
+@contextmanager
+def backlog(what: str, total: int, *, quiet: bool = False) -> Iterator[Advance]:
+    """A bar over a backlog of ``total`` messages that goes once they are done: a
+    consumer catching up goes on consuming after it (advanced from any thread)."""
+    if total < BACKLOG_MIN or not wanted(quiet):
+        yield nothing
+        return
+    with _drawn(total) as bar:
+        task = bar.add_task(what, total=total)
+
+        def advance(steps: int = 1) -> None:
+            bar.advance(task, steps)
+            if bar.finished:
+                bar.stop()  # transient: the bar goes, the consumer's output stays
+
+        yield advance
+
+
+@contextmanager
+def stages(what: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A spinner saying which step of ``what`` runs (a prune's phases); yields the
+    function that names the current step."""
+    if not wanted(quiet):
+        yield lambda _step: None
+        return
+    with _drawn(None, counted=False) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda step: bar.update(task, description=f"{what}: {step}")
+
+
+@contextmanager
+def _drawn(total: int | None, counted: bool = True) -> Iterator[Any]:
+    """A rich Progress on stderr, cleared when done (rich only when a terminal shows it)."""
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -43,19 +84,17 @@ def progress(what: str, total: int | None, *, quiet: bool = False) -> Iterator[A
         TimeElapsedColumn,
     )
 
-    columns = (
-        (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed}"))
-        if total is None
-        else (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    )
-    with Progress(
-        *columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True
-    ) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda steps=1: bar.advance(task, steps)
+    columns: tuple[Any, ...] = (SpinnerColumn(), TextColumn("{task.description}"))
+    if total is not None:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    elif counted:
+        columns += (TextColumn("{task.completed}"),)
+    console = Console(stderr=True)
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        yield bar
 
 
-def _nothing(steps: int = 1) -> None:
+def nothing(steps: int = 1) -> None:
     """The advance of a progress bar that is not drawn."""
 
 

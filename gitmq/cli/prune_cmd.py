@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 
 from gitmq import config as node_config
+from gitmq.cli import progress
 from gitmq.errors import UsageError
 from gitmq.prune import prune_queue
 from gitmq.storage import Storage
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="the node's YAML config")
     p.add_argument("--queue", help="only this queue (it must have a prune policy)")
     p.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress on a terminal")
     p.set_defaults(func=cmd_prune)
 
 
@@ -32,24 +33,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not queues:
         print(f"no queue in {args.config} has a prune policy; nothing to do")
         return 0
-    interactive = sys.stderr.isatty()
     with Storage(config.storage_path, fsync=config.fsync) as storage:
         for queue in queues:
             assert queue.prune is not None
-
-            def progress(text: str, name: str = queue.name) -> None:
-                if interactive:
-                    print(f"prune {name}: {text}", file=sys.stderr)
-
-            report = prune_queue(
-                storage,
-                queue.name,
-                queue.prune,
-                now=datetime.now(UTC),
-                consumers=[c.name for c in config.consumers.values() if c.queue == queue.name],
-                remote=queue.remote,
-                dry_run=args.dry_run,
-                progress=progress,
-            )
+            with progress.stages(f"prune {queue.name}", quiet=args.quiet) as step:
+                report = prune_queue(
+                    storage,
+                    queue.name,
+                    queue.prune,
+                    now=datetime.now(UTC),
+                    consumers=[c.name for c in config.consumers.values() if c.queue == queue.name],
+                    remote=queue.remote,
+                    dry_run=args.dry_run,
+                    progress=step,
+                )
             print(report.line())
     return 0
