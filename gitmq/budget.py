@@ -77,6 +77,7 @@ class _Bucket:
         self.burst, self.clock = burst, clock
         self.per_minute: float | None = None
         self.tokens, self.at = burst, clock()
+        self.taken = 0  # requests let through so far (the node's /metrics)
 
     def _refill(self) -> None:
         now = self.clock()
@@ -93,6 +94,7 @@ class _Bucket:
 
     def take(self) -> None:
         self._refill()
+        self.taken += 1
         if self.per_minute is not None:
             self.tokens -= 1
 
@@ -143,6 +145,11 @@ class Pace:
     @property
     def pushes_per_minute(self) -> float | None:
         return self._pushes.per_minute
+
+    @property
+    def taken(self) -> tuple[int, int]:
+        """The reads and pushes taken from the budget so far."""
+        return self._reads.taken, self._pushes.taken
 
     def read(self) -> None:
         """Take a read, waiting for the budget first."""

@@ -259,6 +259,11 @@ class Figures:
         nodes = GaugeMetricFamily(
             "gitmq_budget_nodes", "Nodes sharing the remote's budget", labels=["remote"]
         )
+        taken = CounterMetricFamily(
+            "gitmq_budget_taken",
+            "Requests this node took from the remote's budget",
+            labels=["remote", "kind"],
+        )
         for name, target in self.targets.items():
             pace = target.pace
             if not pace.budget.limited:
@@ -268,4 +273,6 @@ class Figures:
             if pace.pushes_per_minute is not None:
                 pushes.add_metric([name], pace.pushes_per_minute)
             nodes.add_metric([name], pace.nodes)
-        yield from (reads, pushes, nodes)
+            taken.add_metric([name, "read"], pace.taken[0])
+            taken.add_metric([name, "push"], pace.taken[1])
+        yield from (reads, pushes, nodes, taken)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gitmq.sync import SyncReport
+from gitmq.units import format_duration
 
 log = logging.getLogger("gitmq.node")
 
@@ -33,16 +34,6 @@ class Outage:
     error: str
     summaries: int = 0
     next_summary: float = 0.0
-
-
-def duration(seconds: float) -> str:
-    """``3m20s``, ``1h02m``, ``45s``."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def cycles(failures: int) -> str:
@@ -79,7 +70,7 @@ class RemoteLog:
             log.warning(
                 "remote %s is back after %s (%s)",
                 report.remote,
-                duration(self.clock() - outage.since),
+                format_duration(self.clock() - outage.since),
                 cycles(outage.failures),
             )
         if poll and not report.fetched and report.ok:
@@ -105,7 +96,7 @@ class RemoteLog:
         log.warning(
             "remote %s still down for %s: %s, last error: %s",
             report.remote,
-            duration(now - outage.since),
+            format_duration(now - outage.since),
             cycles(outage.failures),
             outage.error,
         )

@@ -33,3 +33,15 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError("a size like 1048576, 512KiB or 1MiB")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m20s``, ``1h02m``, ``2d03h``: a duration as people read it."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"

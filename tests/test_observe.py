@@ -119,6 +119,35 @@ def test_metrics_count_what_the_node_did(cluster: Cluster, git_daemon: GitDaemon
     assert node.stop() == 0
 
 
+def test_metrics_show_the_budget_and_what_the_node_took_from_it(cluster: Cluster) -> None:
+    node = cluster.node("a", ["billing"], interval="200ms", jitter="0s")
+    data = yaml.safe_load(node.config.read_text())
+    data["remotes"]["central"]["budget"] = {"reads_per_minute": 6000, "pushes_per_minute": 1200}
+    write_config(node.config, data)
+    base = observed(node, free_port())
+    node.publish("orders", "one")
+    node.start()
+    assert node.proc is not None
+
+    def took() -> Any:
+        got = scrape(base) if http_get(base + "/healthz")[0] else None
+        taken = got and sample(got, "gitmq_budget_taken_total", remote="central", kind="read")
+        return got if taken and taken >= 3 else None
+
+    got = wait_for(took, timeout=60, what="three reads taken", procs=[node.proc], interval=0.1)
+    remote = {"remote": "central"}
+    assert sample(got, "gitmq_budget_reads_per_minute", **remote) == 6000
+    assert sample(got, "gitmq_budget_pushes_per_minute", **remote) == 1200
+    assert sample(got, "gitmq_budget_nodes", **remote) == 1
+    reads = sample(got, "gitmq_budget_taken_total", remote="central", kind="read") or 0
+    pushes = sample(got, "gitmq_budget_taken_total", remote="central", kind="push") or 0
+    syncs = sample(got, "gitmq_syncs_total", remote="central", result="ok") or 0
+    assert reads >= syncs >= 1  # one read at least per cycle, counted before it ends
+    made = sample(got, "gitmq_sync_pushes_total", **remote) or 0
+    assert 1 <= pushes <= made + 1  # a push being made as the figures were read
+    assert node.stop() == 0
+
+
 def test_readyz_fails_while_the_remote_is_down_and_recovers(
     cluster: Cluster, git_daemon: GitDaemon
 ) -> None:

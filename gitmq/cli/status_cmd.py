@@ -24,6 +24,7 @@ from gitmq.cli import where
 from gitmq.cli.signals import SignalStop
 from gitmq.status import storage_status
 from gitmq.storage import Storage
+from gitmq.units import format_duration
 
 NONE = "-"
 
@@ -185,16 +186,7 @@ def _flat(text: str) -> str:
 
 def age(seconds: float | None) -> str:
     """``12s``, ``4m05s``, ``3h02m``, ``2d03h``; ``-`` for none."""
-    if seconds is None:
-        return NONE
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    return NONE if seconds is None else format_duration(seconds)
 
 
 # ------------------------------------------------------------------ drawing
