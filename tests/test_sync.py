@@ -353,6 +353,7 @@ def test_the_remote_down_keeps_everything_local_until_it_returns(
         assert report.error is not None and report.error.startswith(
             f"remote {url}: listing refs failed: fatal: unable to connect to 127.0.0.1"
         ), report.error
+        assert report.error.endswith("errno=Connection refused"), report.error  # whole
         assert report.pushes == 0
         assert a.count(None, head(a)) == i + 1
     git_daemon.start()
@@ -784,6 +785,22 @@ def test_an_unknown_host_key_is_refused_clearly(
     assert report.error.startswith(f"remote {url}: listing refs was refused: authentication failed")
     assert report.error.endswith(
         "check the token variable or the ssh key and known_hosts of this remote"
+    )
+
+
+def test_an_ssh_remote_that_is_down_says_why_before_gits_own_line(
+    ssh_server: SshServer, storages: dict[str, Storage]
+) -> None:
+    creds = Credentials(
+        ssh_key=ssh_server.client_key, known_hosts=ssh_server.known_hosts, timeout=20
+    )
+    url = ssh_server.url("central.git")
+    port = ssh_server.require_port()
+    ssh_server.stop()
+    report = sync_once(storages["a"], target(url, "a", credentials=creds))
+    assert report.error == (
+        f"remote {url}: listing refs failed: ssh: connect to host 127.0.0.1 port {port}: "
+        f"Connection refused; fatal: Could not read from remote repository."
     )
 
 

@@ -245,10 +245,16 @@ def _network(
     )
 
 
+#: What git adds to every transport failure; it says nothing about this one.
+_BOILERPLATE = (
+    "please make sure you have the correct access rights",
+    "and the repository exists.",
+    "hint:",
+)
+
+
 def failure(url: str, what: str, stderr: str) -> RemoteError:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    detail = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), None)
-    detail = detail or (lines[-1] if lines else "no output")
+    detail = _detail(stderr)
     low = stderr.lower()
     if any(sign in low for sign in _AUTH_SIGNS):
         return RemoteError(
@@ -256,6 +262,19 @@ def failure(url: str, what: str, stderr: str) -> RemoteError:
             f"token variable or the ssh key and known_hosts of this remote"
         )
     return RemoteError(f"remote {url}: {what} failed: {detail}")
+
+
+def _detail(stderr: str) -> str:
+    """What git said went wrong, whole and on one line: the cause an ssh or connection
+    error prints before git's ``fatal:`` line, that line, and its continuation (``unable
+    to connect to HOST:`` is followed by the errno on the next line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.lower().startswith(_BOILERPLATE)]
+    first = next((i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))), None)
+    if first is None:
+        return lines[-1] if lines else "no output"
+    cause = [ln for ln in lines[:first] if not ln.startswith(("remote:", "To ", "From "))]
+    return "; ".join([*cause[-2:], " ".join(lines[first:])])
 
 
 #: The refs a listing returns besides branches and tags: GitMQ's node refs.
