@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from gitmq.consumer import Consumer
 from gitmq.errors import GitMQError
-from gitmq.figures import consumer_lag, queue_figures
+from gitmq.figures import Counts, consumer_lag, queue_figures
 from gitmq.message import Message
 from gitmq.storage import Storage
 from gitmq.sync import SyncReport, SyncTarget
@@ -175,6 +175,7 @@ class Figures:
     ) -> None:
         self.storage, self.queues, self.consumers = storage, queues, consumers
         self.targets = targets
+        self.counts = Counts(storage)  # each scrape counts only what changed since the last
         self._lock = threading.Lock()  # one scrape at a time reads the storage
 
     def collect(self) -> Iterator[Metric]:
@@ -201,7 +202,7 @@ class Figures:
         )
         for queue in self.queues:
             try:
-                f = queue_figures(self.storage, queue, now)
+                f = queue_figures(self.storage, queue, now, self.counts)
             except GitMQError as exc:  # a scrape never fails for one queue
                 log.warning("metrics: queue %s: %s", queue, exc)
                 continue

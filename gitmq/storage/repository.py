@@ -479,6 +479,22 @@ class Storage:
             args.insert(1, f"--max-count={limit}")
         return gitcli.run(self.git_dir, args).stdout.decode("ascii").split()
 
+    def history_epoch(self) -> tuple[int, int, int] | None:
+        """What changes whenever pruning moves the start of the histories (the shallow
+        boundary's file): counts remembered across it are stale."""
+        try:
+            info = (self.git_dir / "shallow").stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def back(self, tip: str, steps: int) -> str:
+        """The commit ``steps`` first parents before ``tip`` (git walks it: no list of
+        the commits in between is made, however many there are)."""
+        spec = f"{tip}~{steps}^{{commit}}"
+        out = gitcli.run(self.git_dir, ["rev-parse", "--verify", "--end-of-options", spec])
+        return out.stdout.decode("ascii").strip()
+
     def is_ancestor(self, older: str, newer: str) -> bool:
         """True when ``older`` is ``newer`` or one of its ancestors."""
         if older == newer:
