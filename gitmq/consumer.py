@@ -110,7 +110,7 @@ class Consumer:
         self.remote = storage.upstream(branch)
         self.source_ref = _source_ref(self.remote, branch, source_ref)
         self.source = QueueSource(storage, branch, self.source_ref[: -len(branch)])
-        self.screen = Screen(self.source)
+        self.screen = Screen(self.source, consumer=self.name)
         self.retry, self.poll_interval = retry or RetryPolicy(), poll_interval
         self.dead_letters = DeadLetters(storage, branch, name, dead_letter, identity)
         self.delivered = 0

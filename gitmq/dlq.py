@@ -38,7 +38,7 @@ REPLAY_OF = "gitmq-replay-of"  # the id the message was first published with
 REPLAY_DEAD_LETTER = "gitmq-replay-dead-letter"  # the dead letter replayed
 REPLAY_REASON = "gitmq-replay-reason"
 REPLAY_ATTEMPTS = "gitmq-replay-attempts"
-REPLAY_CONSUMER = "gitmq-replay-consumer"
+REPLAY_CONSUMER = fmt.FOR_CONSUMER_HEADER  # gitmq-replay-consumer
 REPLAY_COUNT = "gitmq-replay-count"
 DEAD_PREFIX = "dead-letter-"
 #: How many messages one ref update carries.
@@ -95,7 +95,10 @@ class DeadLetter:
         headers[REPLAY_DEAD_LETTER] = self.id
         headers[REPLAY_REASON] = self.header("error") or "unknown error"
         headers[REPLAY_ATTEMPTS] = str(self.attempts)
-        headers[REPLAY_CONSUMER] = self.header("consumer") or "unknown"
+        if self.header("consumer"):  # only that consumer handles it (screen.py)
+            headers[REPLAY_CONSUMER] = self.header("consumer")
+        else:
+            headers.pop(REPLAY_CONSUMER, None)  # whoever gave up is unknown: every consumer
         headers[REPLAY_COUNT] = str(int(count) + 1 if count.isdigit() else 1)
         return headers
 

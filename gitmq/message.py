@@ -23,6 +23,8 @@ ENCODING_HEADER = "gitmq-encoding"
 USER_HEADER = "gitmq-header"
 CONTROL_HEADER = "gitmq-control"
 PREVIOUS_HEADER = "gitmq-previous"
+#: A replayed dead letter is for the consumer that gave up on it, and no other.
+FOR_CONSUMER_HEADER = "gitmq-replay-consumer"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _IDENT_BAD = re.compile(r"[<>\n\x00]")
 

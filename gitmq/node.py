@@ -235,31 +235,30 @@ class Node:
         scheduler = scheduler_for(
             self.config, self.targets, self.sync_remote, self.poll_remote, self.prune, self.observer
         )
-        self.observer.start(scheduler)  # /metrics (a port in use fails here), the node file
-        for consumer, handler in self.consumers:
-            consumer.consume(handler)
-        scheduler.start()
-        eager_ones = eager_remotes(self.config)
-        waker = eager.Waker(self.storage, self.targets, eager_ones, self.sync_remote).start()
-        log.info(
-            "node %s running: %d consumers, %d remotes",
-            self.config.name,
-            len(self.consumers),
-            len(self.targets),
-        )
-        # Wake up now and then, whatever ``stop`` is: an untimed wait has slept through
-        # SIGTERM before (the signal landed on a thread busy starting git).
-        while not stop.wait(0.5):
-            pass
-        log.info("node %s stopping: finishing handlers, pushing what is pending", self.config.name)
-        self.observer.stopping()
-        for consumer, _ in self.consumers:
-            consumer.stop(HANDLER_GRACE_SECONDS)
-        for target in self.targets.values():
-            target.pace.release()  # no sync waits for the budget any more: the last goes at once
-        waker.stop()
-        scheduler.shutdown(wait=True)
-        self.sync(leaving=True)
-        self.observer.stop()
+        with self.observer.running(scheduler):  # /metrics (a port in use fails here), node file
+            for consumer, handler in self.consumers:
+                consumer.consume(handler)
+            scheduler.start()
+            eager_ones = eager_remotes(self.config)
+            waker = eager.Waker(self.storage, self.targets, eager_ones, self.sync_remote).start()
+            log.info(
+                "node %s running: %d consumers, %d remotes",
+                self.config.name,
+                len(self.consumers),
+                len(self.targets),
+            )
+            # Wake up now and then, whatever ``stop`` is: an untimed wait has slept through
+            # SIGTERM before (the signal landed on a thread busy starting git).
+            while not stop.wait(0.5):
+                pass
+            log.info("node %s stopping: finishing handlers, pushing the rest", self.config.name)
+            self.observer.stopping()
+            for consumer, _ in self.consumers:
+                consumer.stop(HANDLER_GRACE_SECONDS)
+            for target in self.targets.values():
+                target.pace.release()  # no waiting for the budget: the last sync goes at once
+            waker.stop()
+            scheduler.shutdown(wait=True)
+            self.sync(leaving=True)
         log.info("node %s stopped", self.config.name)
         return 0

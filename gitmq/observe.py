@@ -16,13 +16,14 @@ node is ready and that it lives (``notify.py``), and, when the config has
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -84,6 +85,16 @@ class Observer:
         return [(c, self.metrics.recorded(c, handler)) for c, handler in consumers]
 
     # ------------------------------------------------------------ the node's life
+
+    @contextlib.contextmanager
+    def running(self, scheduler: Any) -> Iterator[None]:
+        """:meth:`start` for the node's run, and :meth:`stop` however it ends: no port
+        left listening, no node file naming a node that is gone."""
+        self.start(scheduler)
+        try:
+            yield
+        finally:
+            self.stop()
 
     def start(self, scheduler: Any) -> None:
         """Serve (a port in use fails here, before any consumer starts) and write the
@@ -152,9 +163,10 @@ class Observer:
         self._said = status
 
     def status(self) -> str:
-        up = sum(1 for s in self.syncs.values() if s["ok"])
+        syncs = dict(self.syncs)  # a copy: sync jobs add to it from their threads
+        up = sum(1 for s in syncs.values() if s["ok"])
         running = sum(1 for c in self.consumers if c.running)
-        down = ", ".join(f"{r} ({s['error']})" for r, s in self.syncs.items() if s["error"])
+        down = ", ".join(f"{r} ({s['error']})" for r, s in syncs.items() if s["error"])
         text = f"{up}/{len(self.targets)} remotes up, "
         text += f"{running}/{len(self.consumers)} consumers running"
         return text + (f"; down: {down}" if down else "")

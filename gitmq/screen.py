@@ -30,6 +30,9 @@ from gitmq.segments import OPEN, QueueSource
 
 log = logging.getLogger("gitmq.consumer")
 
+#: The mark of a replayed dead letter that is another consumer's: passed by, like a
+#: segment marker (its ``control``), never handed to this consumer's handler.
+ELSEWHERE = "elsewhere"
 #: How many earlier messages a message's id is compared with.
 WINDOW = 10_000
 _NONE = 0  # a window slot of a message whose id is not compared (markers, derived ids)
@@ -47,8 +50,11 @@ def _key(message: Message) -> int:
 class Screen:
     """Marks the copies among one queue's messages as a consumer reads them."""
 
-    def __init__(self, source: QueueSource, window: int = WINDOW) -> None:
+    def __init__(
+        self, source: QueueSource, window: int = WINDOW, consumer: str | None = None
+    ) -> None:
         self.source, self.storage, self.window = source, source.storage, window
+        self.consumer = consumer  # whose reading this is: a replay for another is passed by
         self._at: str | None = None  # the newest commit the window holds
         self._keys: deque[int] = deque()  # one per commit, oldest first
         self._seen: set[int] = set()
@@ -74,6 +80,9 @@ class Screen:
             earlier = self._find(message)
             if earlier is not None:
                 message = dataclasses.replace(message, duplicate_of=earlier)
+        addressed = message.headers.get(fmt.FOR_CONSUMER_HEADER)
+        if self.consumer is not None and addressed not in (None, self.consumer):
+            message = dataclasses.replace(message, control=ELSEWHERE)  # acked, not handled
         self._add(key)
         self._at, self._last = message.sha, message
         return message

@@ -20,6 +20,7 @@ from typing import Any
 from gitmq import figures, names, presence
 from gitmq.config import NodeConfig
 from gitmq.deadletter import dead_letter_queue
+from gitmq.dlq import DeadLetterQueue
 from gitmq.segments import segment_number
 from gitmq.storage import Storage
 
@@ -73,9 +74,7 @@ def _dead_letter_queues(queue: str, config: NodeConfig | None) -> set[str]:
 def _queue(storage: Storage, queue: str, now: float, dead: set[str]) -> dict[str, Any]:
     got = asdict(figures.queue_figures(storage, queue, now))
     del got["queue"]
-    dead_letters = sum(
-        storage.count(None, storage.read_ref(names.queue_ref(d))) for d in sorted(dead)
-    )
+    dead_letters = sum(len(DeadLetterQueue(storage, queue, d).pending()) for d in sorted(dead))
     tip = storage.read_ref(names.queue_ref(queue))
     return {"name": queue, "tip": tip, **got, "dead_letters": dead_letters}
 

@@ -29,8 +29,10 @@ def publish(
 
 
 def messages(path: Path, queue: str) -> list[Message]:
+    """Every message of ``queue``, oldest first, as stored (whoever it is for)."""
     with Storage(path, create=False) as storage:
-        return list(Consumer(storage, "test-reader", queue).poll())
+        tip = storage.read_ref(f"refs/heads/{queue}")
+        return list(storage.messages_between(None, tip)) if tip else []
 
 
 def fail_all(path: Path, *extra: str) -> None:
@@ -132,6 +134,43 @@ def test_replay_publishes_new_ids_that_consumers_handle_once(path: Path) -> None
         f"dead letter {dead[0].id} of queue 'orders' was already replayed (as {copies[1].id}); "
         f"nothing was done",
     )
+
+
+def test_a_replay_is_handled_by_the_consumer_that_gave_up_and_passed_by_the_others(
+    path: Path,
+) -> None:
+    publish(path, "one", "two")
+    assert ok(gitmq("consume", "--drain", path, "orders", "shipping")).out == "one\ntwo\n"
+    fail_all(path)  # billing gives up on both
+    ok(gitmq("dlq", "replay", "--all", path, "orders"))
+    # shipping handled the originals: it acknowledges the copies without handling them.
+    assert ok(gitmq("consume", "--drain", path, "orders", "shipping")).out == ""
+    assert rev_parse(path, "refs/tags/shipping") == rev_parse(path, "refs/heads/orders")
+    assert ok(gitmq("consume", "--drain", path, "orders", "billing")).out == "one\ntwo\n"
+    with Storage(path, create=False) as storage:  # pull style: the same
+        assert [m.payload for m in Consumer(storage, "audit", "orders").poll()] == [b"one", b"two"]
+    # Two consumers that gave up on one message: each gets its own copy, once.
+    publish(path, "three")
+    fail_all(path)
+    ok(
+        gitmq(
+            "consume",
+            "--drain",
+            "--max-attempts",
+            "1",
+            "--exec",
+            "false",
+            path,
+            "orders",
+            "shipping",
+        )
+    )
+    assert [d["consumer"] for d in listed(path)] == ["billing", "shipping"]
+    ok(gitmq("dlq", "replay", "--all", path, "orders"))
+    assert ok(gitmq("consume", "--drain", path, "orders", "billing")).out == "three\n"
+    assert ok(gitmq("consume", "--drain", path, "orders", "shipping")).out == "three\n"
+    status = json.loads(ok(gitmq("status", "--json", path)).out)
+    assert [q["dead_letters"] for q in status["queues"] if q["name"] == "orders"] == [0]
 
 
 def test_a_replay_cut_short_before_its_record_is_not_published_twice(path: Path) -> None:

@@ -398,7 +398,7 @@ def test_a_signal_pushes_what_is_pending_and_exits_0(
     ]
     messages = [r["message"] for r in node.json_log()]
     assert messages[-1] == "node a stopped"
-    assert "node a stopping: finishing handlers, pushing what is pending" in messages
+    assert "node a stopping: finishing handlers, pushing the rest" in messages
 
 
 def test_an_idle_node_neither_pushes_nor_fetches(cluster: Cluster, central: Path) -> None:

@@ -114,10 +114,18 @@ def test_every_consumer_is_listed_with_its_lag_in_messages_and_seconds(tmp_path:
 
 def test_dead_letters_are_counted_on_the_queue(tmp_path: Path) -> None:
     storage = tmp_path / "s.git"
-    publish_at(storage, "orders", 10)
-    publish_at(storage, "orders.dlq", 5, 4)
+    publish_at(storage, "orders", 10, 5)
+    gives_up = ["--drain", "--max-attempts", "1", "--exec", "false"]
+    ok(gitmq("consume", *gives_up, storage, "orders", "c"))  # two dead letters
+    ok(gitmq("dlq", "replay", "--id", dead_letter_ids(storage)[0], storage, "orders"))
     rows = {r["QUEUE"]: r for r in table(ok(gitmq("status", storage)).out, "queues")}
-    assert (rows["orders"]["DEAD"], rows["orders.dlq"]["MESSAGES"]) == ("2", "2")
+    # The DLQ holds two dead letters and one replay record; one dead letter is pending.
+    assert (rows["orders"]["DEAD"], rows["orders.dlq"]["MESSAGES"]) == ("1", "3")
+
+
+def dead_letter_ids(storage: Path) -> list[str]:
+    out = ok(gitmq("dlq", "list", "--json", storage, "orders")).out
+    return [json.loads(line)["id"] for line in out.splitlines()]
 
 
 def test_a_synced_queue_shows_confirmed_and_unpushed(

@@ -30,16 +30,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    print(script(args.shell), end="")
+    print(script(args.parser, args.shell), end="")
     return 0
 
 
-def script(shell: str) -> str:
+def script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """The completion script of ``parser`` (the whole ``gitmq`` parser, which main
+    passes in as the ``parser`` default)."""
     import shtab  # only this command needs it
 
-    from gitmq.cli.main import build_parser  # main imports this module
-
-    parser = build_parser()
     _mark_paths(parser, shtab.DIRECTORY, shtab.FILE)
     text: str = shtab.complete(parser, shell=shell)
     return text if text.endswith("\n") else text + "\n"

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)  # type: ignore[assignment]
     for register in REGISTRATIONS:
         register(sub)
+    parser.set_defaults(parser=parser)  # gitmq completion describes the whole parser
     return parser
 
 

@@ -79,13 +79,19 @@ def scratch_push(url: str, creds: Credentials, ref: str) -> PushProbe:
             .strip()
         )
         args = ["push", "--porcelain", "--no-verify"]
-        status, out, said = _traced(git_dir, args, url, creds, [f"{sha}:{ref}"])
+        try:
+            status, out, said = _traced(git_dir, args, url, creds, [f"{sha}:{ref}"])
+        except RemoteError as exc:  # a timeout: nothing was pushed, or we cannot know
+            return PushProbe(frozenset(), f"{exc.message} (if {ref} was pushed, delete it)")
         capabilities = _capabilities(said)
         error = _push_error(url, status, out, said)
         if error is not None:
             return PushProbe(capabilities, error)
         lease = f"--force-with-lease={ref}:{sha}"
-        status, out, said = _traced(git_dir, [*args, lease], url, creds, [f":{ref}"])
+        try:
+            status, out, said = _traced(git_dir, [*args, lease], url, creds, [f":{ref}"])
+        except RemoteError as exc:
+            return PushProbe(capabilities, None, exc.message)
         return PushProbe(capabilities, None, _push_error(url, status, out, said))
 
 
