@@ -45,10 +45,11 @@ class _Worker:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
     async def close(self) -> None:
-        """Let the call in progress finish (a thread cannot be interrupted), drop the
-        queued ones and end the worker thread; the storage stays open (it is yours)."""
+        """Refuse new calls, let those already made finish (a queued publish is not
+        dropped: its caller awaits its message; a thread cannot be interrupted anyway),
+        then end the worker thread; the storage stays open (it is yours)."""
         self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def __aenter__(self) -> Self:
         return self

@@ -282,3 +282,16 @@ def test_iterating_a_queue_that_does_not_exist_yet_waits_for_its_first_message(
             assert message.text == "first"
 
     run(main())
+
+
+def test_publishes_made_before_close_all_land_and_return_their_message(storage: Storage) -> None:
+    async def main() -> list[Message]:
+        producer = AsyncProducer(storage, "orders")
+        calls = [asyncio.ensure_future(producer.publish(f"m{i}")) for i in range(20)]
+        await asyncio.sleep(0)  # every call is on the worker's queue before close
+        await producer.close()
+        return await asyncio.gather(*calls)
+
+    sent = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [m.payload for m in sent] == [f"m{i}".encode() for i in range(20)]
+    assert [m.id for m in Consumer(storage, "check", "orders").poll()] == [m.id for m in sent]
