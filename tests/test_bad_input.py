@@ -268,8 +268,8 @@ CASES: dict[str, Bad] = {
     "an unknown command": Bad(
         ("pubish", S, "orders", "x"),
         2,
-        "argument COMMAND: invalid choice: 'pubish' (choose from 'publish', 'consume', 'log', "
-        "'seek', 'status', 'doctor', 'consumer', 'dlq', 'node', 'sync', 'config', 'prune', "
+        "argument COMMAND: invalid choice: 'pubish' (choose from 'publish', 'log', 'consume', "
+        "'status', 'doctor', 'consumer', 'seek', 'dlq', 'node', 'sync', 'config', 'prune', "
         "'repair', 'github', 'demo', 'completion') (see 'gitmq --help')",
     ),
     "a missing argument": Bad(
@@ -609,8 +609,8 @@ CASES |= {  # steering: which storage, consumers, dead letters, completion
     "consumer reset on a queue that does not exist": Bad(
         ("consumer", "reset", "--yes", S, "ordres", "c", "end"),
         4,
-        "queue 'ordres' does not exist in {s}; check the name ('gitmq consumer list {s}' lists "
-        "the consumers); nothing was changed",
+        "queue 'ordres' does not exist in {s}; check the name ('gitmq status {s}' lists "
+        "the queues); nothing was changed",
     ),
     "consumer list of an invalid queue": Bad(
         ("consumer", "list", S, "a..b"), 2, "invalid queue name 'a..b': it contains '..' or '@{'"
