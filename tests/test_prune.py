@@ -784,9 +784,9 @@ def test_prune_shows_its_progress_on_a_terminal(tmp_path: Path) -> None:
     finally:
         os.close(leader)
     assert proc.returncode == 0
-    lines = shown.decode().splitlines()
-    assert lines[0] == "prune orders: reading the queue's history"
-    assert "prune orders: dropping 990 commits: marking the new roots shallow" in lines
+    # A spinner naming the prune and its step (rich redraws it ten times a second, so
+    # which steps of a quick prune get drawn varies; the prune itself always is).
+    assert b"prune orders" in shown, shown
     assert proc.stdout.decode() == "orders: dropped 990 of 1000 messages (0.2 MB freed), kept 10\n"
 
 
