@@ -35,22 +35,10 @@ def messages(path: Path, queue: str) -> list[Message]:
         return list(storage.messages_between(None, tip)) if tip else []
 
 
-def fail_all(path: Path, *extra: str) -> None:
-    """Consumer ``billing`` fails every pending message into the dead letters."""
-    ok(
-        gitmq(
-            "consume",
-            "--drain",
-            "--max-attempts",
-            "2",
-            "--exec",
-            "false",
-            *extra,
-            path,
-            "orders",
-            "billing",
-        )
-    )
+def fail_all(path: Path, *extra: str, consumer: str = "billing", attempts: int = 2) -> None:
+    """``consumer`` fails every pending message into the dead letters."""
+    gives_up = ["--drain", "--max-attempts", str(attempts), "--exec", "false"]
+    ok(gitmq("consume", *gives_up, *extra, path, "orders", consumer))
 
 
 def listed(path: Path, *extra: str) -> list[dict[str, Any]]:
@@ -152,19 +140,7 @@ def test_a_replay_is_handled_by_the_consumer_that_gave_up_and_passed_by_the_othe
     # Two consumers that gave up on one message: each gets its own copy, once.
     publish(path, "three")
     fail_all(path)
-    ok(
-        gitmq(
-            "consume",
-            "--drain",
-            "--max-attempts",
-            "1",
-            "--exec",
-            "false",
-            path,
-            "orders",
-            "shipping",
-        )
-    )
+    fail_all(path, consumer="shipping", attempts=1)
     assert [d["consumer"] for d in listed(path)] == ["billing", "shipping"]
     ok(gitmq("dlq", "replay", "--all", path, "orders"))
     assert ok(gitmq("consume", "--drain", path, "orders", "billing")).out == "three\n"

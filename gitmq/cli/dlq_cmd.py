@@ -107,16 +107,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chosen(args: argparse.Namespace, dlq: DeadLetterQueue, verb: str, to: str) -> list[DeadLetter]:
+    """The dead letters ``args`` name, or none after saying why nothing is done (none
+    pending, or ``--dry-run``: what would be)."""
+    letters = dlq.select(args.ids or [])
+    if not letters:
+        print(f"nothing to {verb}: no pending dead letters of {args.queue} in {dlq.name}")
+    elif args.dry_run:
+        for letter in letters:
+            print(f"would {verb} {letter.id} (original {letter.original_id}){to}")
+        return []
+    return letters
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     with Storage(where.storage_path(args), create=False) as storage:
         dlq = _open(args, storage)
-        letters = dlq.select(args.ids or [])
+        letters = _chosen(args, dlq, "replay", f" to {args.queue}")
         if not letters:
-            print(f"nothing to replay: no pending dead letters of {args.queue} in {dlq.name}")
-            return 0
-        if args.dry_run:
-            for letter in letters:
-                print(f"would replay {letter.id} (original {letter.original_id}) to {args.queue}")
             return 0
         with progress.progress("replaying", len(letters), quiet=args.quiet) as advance:
             done = dlq.replay(letters, advance)
@@ -130,15 +138,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     with Storage(where.storage_path(args), create=False) as storage:
         dlq = _open(args, storage)
-        letters = dlq.select(args.ids or [])
-        count = plural(len(letters), "dead letter")
+        letters = _chosen(args, dlq, "purge", "")
         if not letters:
-            print(f"nothing to purge: no pending dead letters of {args.queue} in {dlq.name}")
             return 0
-        if args.dry_run:
-            for letter in letters:
-                print(f"would purge {letter.id} (original {letter.original_id})")
-            return 0
+        count = plural(len(letters), "dead letter")
         question = f"purge {count} of {args.queue} from {dlq.name}?"
         if not progress.confirm(question, args.yes, f"purge of {count} of {args.queue} not done"):
             print("not confirmed: nothing was purged", file=sys.stderr)
